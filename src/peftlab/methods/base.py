@@ -1,0 +1,79 @@
+"""What every PEFT method shares: a typed config and the hooks the trainer calls.
+
+Each method lives in its own module, registered by name in `METHODS`; `peft=<option>` picks the
+YAML in `conf/peft/`, whose `method:` key names the module. Heavy libraries (torch, peft) are
+imported inside functions so that a bad config fails before they load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from omegaconf import MISSING
+
+from peftlab.errors import DataError, require
+from peftlab.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has."""
+
+    method: str = MISSING  # registry name of the code that applies it (lora, adalora, peft, ...)
+    name: str = MISSING  # label in run folders and tables (lora, ia3, ...)
+    lr: float = 1e-4  # this method's default learning rate; the top-level `lr=` overrides it
+
+    def __post_init__(self) -> None:
+        require(self.lr > 0, "peft.lr", self.lr, "it must be > 0")
+
+
+class Method:
+    """How one method changes a model. Subclasses override `apply`, and `save`/`load` if needed."""
+
+    config_class: type[MethodConfig] = MethodConfig
+
+    def __init__(self, cfg: MethodConfig) -> None:
+        self.cfg = cfg
+
+    def apply(self, model: nn.Module, head: list[str], total_steps: int) -> nn.Module:
+        """Freeze what stays frozen, add what trains; `head` names the task head, which always trains."""
+        raise NotImplementedError
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Called after each optimizer step, before gradients are zeroed (AdaLoRA re-allocates ranks here)."""
+
+    def save(self, model: nn.Module, folder: Path) -> None:
+        """Write only the trainable weights, never a copy of the frozen base."""
+        from safetensors.torch import save_file
+
+        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"method": self.cfg.name})
+
+    def load(self, model: nn.Module, folder: Path) -> nn.Module:
+        """Inverse of `save` on a base model: rebuild the method's structure, then load its weights."""
+        from safetensors.torch import load_file
+
+        model = self.apply(model, head=[], total_steps=1)
+        tensors = load_file(str(folder / WEIGHTS_FILE))
+        missing = set(tensors) - dict(model.named_parameters()).keys()
+        if missing:
+            raise DataError(f"{folder / WEIGHTS_FILE} holds weights this model lacks: {sorted(missing)[:3]}")
+        model.load_state_dict(tensors, strict=False)
+        return model
+
+
+def freeze_all_but(model: nn.Module, prefixes: list[str]) -> None:
+    """requires_grad only for parameters under one of the named modules."""
+    for name, param in model.named_parameters():
+        param.requires_grad = any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+METHODS: Registry[type[Method]] = Registry("PEFT method")

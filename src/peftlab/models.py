@@ -1,0 +1,65 @@
+"""Backbones: a pretrained model by hub id or folder, or a tiny random one built from a config class."""
+
+from __future__ import annotations
+
+from peftlab.config import ModelConfig
+from peftlab.errors import ModelError
+from peftlab.tasks import Task
+
+# Top-level modules that form a transformers task head; they always train. `pooler` is absent on
+# purpose: it is pretrained and belongs to the backbone.
+HEAD_NAMES = ("pre_classifier", "classifier", "score")
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(cfg.tokenizer)
+    except OSError as err:
+        raise ModelError(f"model.tokenizer={cfg.tokenizer!r} could not be loaded: {_first_line(err)}") from None
+
+
+def load_model(cfg: ModelConfig, task: Task):
+    import torch
+    import transformers
+
+    auto_class = getattr(transformers, task.auto_model_class)
+    if cfg.random_init is not None:
+        kwargs = dict(cfg.random_init)
+        config_class = getattr(transformers, kwargs.pop("config_class"), None)
+        if config_class is None:
+            raise ModelError(f"model.random_init.config_class={cfg.random_init['config_class']!r} is not in transformers")
+        # Fixed weights, whatever the run's seed: a random model stands in for a pretrained one,
+        # so a saved adapter must reload onto the very same base.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            return auto_class.from_config(config_class(**kwargs, **task.model_kwargs()))
+    try:
+        return auto_class.from_pretrained(cfg.name_or_path, **task.model_kwargs())
+    except OSError as err:
+        raise ModelError(
+            f"model.name_or_path={cfg.name_or_path!r} could not be loaded (not a local folder, and not "
+            f"reachable on the Hugging Face Hub or in its local cache): {_first_line(err)}"
+        ) from None
+
+
+def head_names(model) -> list[str]:
+    return [name for name, _ in model.named_children() if name in HEAD_NAMES]
+
+
+def count_parameters(model) -> dict[str, float]:
+    """Exact trainable and total counts of the model as it runs. peft keeps a frozen copy of each
+    `modules_to_save` module (`original_module`) that the forward pass never uses: it is not counted."""
+    seen, trainable, total = set(), 0, 0
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen or ".original_module." in name:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

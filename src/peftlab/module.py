@@ -1,0 +1,66 @@
+"""The LightningModule: one model with its PEFT method, trained with AdamW and a linear warm-up/decay."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric
+
+from peftlab.config import TrainerConfig
+from peftlab.methods import Method
+from peftlab.tasks import Task
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class PeftModule(L.LightningModule):
+    def __init__(self, model, method: Method, task: Task, lr: float, trainer_cfg: TrainerConfig, total_steps: int):
+        super().__init__()
+        self.model, self.method, self.task = model, method, task
+        self.lr, self.trainer_cfg, self.total_steps = lr, trainer_cfg, total_steps
+        self.val_metrics = task.metrics()
+        self.val_loss = MeanMetric()
+        self.train_samples = 0  # this rank's count
+        self.last_eval: tuple[int, dict[str, float]] | None = None  # (global step, metrics)
+
+    def training_step(self, batch, batch_idx):
+        # The model computes the loss itself, so method-specific terms (AdaLoRA's orthogonal
+        # regulariser) are included as the library defines them.
+        loss = self.model(**batch).loss
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+        self.train_samples += len(batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        self.val_loss.update(out.loss, weight=len(batch["labels"]))
+        self.val_metrics.update(*self.task.metric_inputs(out.logits, batch["labels"]))
+
+    def on_validation_epoch_end(self):
+        # compute() gathers the metric states of every rank: each example counted once.
+        values = {name: float(value) for name, value in self.val_metrics.compute().items()}
+        values["loss"] = float(self.val_loss.compute())
+        self.val_metrics.reset()
+        self.val_loss.reset()
+        self.last_eval = (self.global_step, values)
+        self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True, rank_zero_only=True)
+
+    def configure_optimizers(self):
+        from transformers import get_linear_schedule_with_warmup
+
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": self.trainer_cfg.weight_decay},
+            {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        warmup = int(self.trainer_cfg.warmup_ratio * self.total_steps)
+        schedule = get_linear_schedule_with_warmup(optimizer, warmup, self.total_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # Gradients are zeroed only when the next step starts, so they are still here.
+        self.method.after_optimizer_step(self.model, self.global_step)

@@ -1,0 +1,176 @@
+"""The training recipe, top to bottom: data -> model -> PEFT method -> fit -> evaluate -> save.
+
+`train.py` calls `train` under Hydra; tests call it directly with a composed config.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab import __version__
+from peftlab.config import Config
+from peftlab.data import TaskDataModule, steps_per_epoch
+from peftlab.loggers import build_loggers
+from peftlab.methods import METHODS
+from peftlab.models import count_parameters, head_names, load_model, load_tokenizer
+from peftlab.module import PeftModule
+from peftlab.outputs import WEIGHTS_DIR, folder_bytes, write_config, write_metrics
+from peftlab.tasks import TASKS
+
+
+@dataclass
+class TrainedRun:
+    metrics: dict[str, Any]  # what metrics.json holds (empty on ranks other than 0)
+    model: Any  # the trained model, in memory
+
+
+def train(cfg: Config, raw: DictConfig, run_dir: Path) -> TrainedRun:
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    _quiet_libraries()
+
+    # Data first: a missing file or a bad label fails before the model loads.
+    task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
+    tokenizer = load_tokenizer(cfg.model)
+    data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
+    data.setup("fit")
+
+    trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(raw, resolve=True))
+    total_steps = planned_steps(cfg, len(data.splits["train"]), trainer.world_size)
+
+    model = load_model(cfg.model, task)
+    method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
+    model = method.apply(model, head=head_names(model), total_steps=total_steps)
+    params = count_parameters(model)
+    module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps)
+
+    if trainer.is_global_zero:
+        write_config(run_dir, raw)
+    _reset_peak_memory()
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    train_time = time.perf_counter() - start
+    samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
+
+    # Score the final weights, unless the last validation already did.
+    if module.last_eval is None or module.last_eval[0] != trainer.global_step:
+        trainer.validate(module, datamodule=data, verbose=False)
+    evaluation = module.last_eval[1]
+
+    if not trainer.is_global_zero:
+        return TrainedRun({}, module.model)
+    method.save(module.model, run_dir / WEIGHTS_DIR)
+    metrics = {
+        "status": "finished",
+        "model": cfg.model.name,
+        "method": cfg.peft.name,
+        "task": cfg.task.name,
+        "seed": cfg.seed,
+        "rank": cfg.rank,
+        "alpha": cfg.alpha,
+        "lr": cfg.lr,
+        "main_metric": task.main_metric,
+        "eval": {"split": "validation", "n": len(data.splits["validation"]), **evaluation},
+        "params": params,
+        "train": {
+            "steps": trainer.global_step,
+            "planned_steps": total_steps,
+            "samples": samples,
+            "time_s": round(train_time, 3),
+            "samples_per_s": round(samples / train_time, 2),
+            "devices": trainer.world_size,
+            "precision": cfg.trainer.precision,
+        },
+        "memory": _peak_memory(trainer),
+        "weights": {"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},
+        "versions": _versions(),
+    }
+    write_metrics(run_dir, metrics)  # last: its presence marks a finished run
+    return TrainedRun(metrics, module.model)
+
+
+def planned_steps(cfg: Config, n_train: int, world: int) -> int:
+    """Optimizer steps the run will take; AdaLoRA's schedule and the LR decay are sized by it."""
+    per_epoch = steps_per_epoch(n_train, cfg.trainer.batch_size, world, cfg.trainer.accumulate_grad_batches)
+    steps = per_epoch * cfg.trainer.max_epochs
+    return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else steps
+
+
+def build_trainer(cfg: Config, run_dir: Path, resolved: dict) -> L.Trainer:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=t.strategy,
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        logger=build_loggers(cfg, run_dir, resolved),
+        callbacks=[RichProgressBar()] if t.progress_bar else [],
+        enable_progress_bar=t.progress_bar,
+        enable_checkpointing=False,  # the run folder keeps the trained weights in the method's own format
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,  # data.py builds samplers that score every example once
+        default_root_dir=str(run_dir),
+        log_every_n_steps=10,
+    )
+
+
+def _reset_peak_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak_memory(trainer: L.Trainer) -> dict[str, Any]:
+    if trainer.strategy.root_device.type == "cuda":
+        return {"peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "kind": "cuda_max_allocated"}
+    # ru_maxrss is in KiB on Linux: the whole process's high-water mark, tokenizer and data included.
+    return {"peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "kind": "cpu_max_rss"}
+
+
+def _versions() -> dict[str, str]:
+    import lightning
+    import peft
+    import transformers
+
+    return {
+        "peftlab": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "lightning": lightning.__version__,
+    }
+
+
+def _quiet_libraries() -> None:
+    """The expected 'newly initialized classifier' notice and Lightning's tips are not news."""
+    import logging
+
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if not sys.warnoptions:
+        import warnings
+
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -1,0 +1,74 @@
+"""Your own classification data: CSV, TSV or JSON Lines files with text column(s) and a label column."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import MISSING
+
+from peftlab.errors import DataError, require
+from peftlab.tasks.base import TASKS, TaskConfig, require_file
+from peftlab.tasks.text_classification import TextClassificationTask
+
+FORMATS = (".csv", ".tsv", ".jsonl", ".json")
+
+
+@dataclass
+class CsvConfig(TaskConfig):
+    train_file: str = MISSING  # .csv, .tsv, or .jsonl (one JSON object per line)
+    validation_file: str = MISSING
+    text_columns: list[str] = field(default_factory=lambda: ["text"])  # one column, or two for a sentence pair
+    label_column: str = "label"
+    labels: Optional[list[str]] = None  # the label set in index order; null = every label in train_file
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(len(self.text_columns) in (1, 2), "task.text_columns", self.text_columns, "give 1 or 2 columns")
+        for key in ("train_file", "validation_file"):
+            suffix = Path(getattr(self, key)).suffix.lower()
+            require(suffix in FORMATS, f"task.{key}", getattr(self, key), f"allowed formats: {', '.join(FORMATS)}")
+
+
+@TASKS.register("csv")
+class CsvFiles(TextClassificationTask):
+    config_class = CsvConfig
+
+    @property
+    def given_labels(self):
+        return self.cfg.labels
+
+    def read(self, split):
+        key = "train_file" if split == "train" else "validation_file"
+        path = require_file(Path(getattr(self.cfg, key)), f"task.{key}")
+        records = _read_records(path)
+        wanted = [*self.cfg.text_columns, self.cfg.label_column]
+        for number, record in enumerate(records, start=1):
+            missing = [c for c in wanted if c not in record]
+            if missing:
+                raise DataError(
+                    f"{path} row {number} has no column {missing[0]!r}; its columns are {list(record)} "
+                    f"(set task.text_columns / task.label_column)"
+                )
+        return [
+            {"texts": tuple(str(r[c]) for c in self.cfg.text_columns), "label": str(r[self.cfg.label_column])}
+            for r in records
+        ]
+
+
+def _read_records(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    with path.open(newline="", encoding="utf-8") as f:
+        if suffix in (".csv", ".tsv"):
+            return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        records = []
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} line {number}: not JSON Lines ({err.msg})") from None
+        return records

@@ -1,0 +1,82 @@
+"""Sequence classification of a sentence or a sentence pair: the shared part of SST-2, CSV files and GLUE."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, Optional
+
+from peftlab.errors import DataError
+from peftlab.tasks.base import Task
+
+
+class TextClassificationTask(Task):
+    """Subclasses implement `read(split)` returning {"texts": (a,) or (a, b), "label": str} rows."""
+
+    given_labels: Optional[list[str]] = None  # the label set; None = every label seen in training
+
+    @cached_property
+    def labels(self) -> list[str]:
+        if self.given_labels:
+            return [str(label) for label in self.given_labels]
+        seen = {row["label"] for row in self.read("train")}
+        # numeric labels sort as numbers, so "2" < "10"
+        return sorted(seen, key=lambda x: (0, float(x), x) if _is_number(x) else (1, 0, x))
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {"num_labels": self.num_labels}
+
+    def examples(self, split: str) -> list[dict[str, Any]]:
+        rows = super().examples(split)
+        index = {label: i for i, label in enumerate(self.labels)}
+        for number, row in enumerate(rows, start=1):
+            if row["label"] not in index:
+                raise DataError(
+                    f"task {self.cfg.name}: {split} example {number} has label {row['label']!r}, "
+                    f"which is not in the label set {self.labels}"
+                )
+        if len(self.labels) < 2:
+            raise DataError(f"task {self.cfg.name}: needs at least 2 labels, found {self.labels}")
+        return rows
+
+    def encode(self, examples, tokenizer):
+        index = {label: i for i, label in enumerate(self.labels)}
+        columns = list(zip(*(row["texts"] for row in examples)))
+        encoded = tokenizer(*columns, truncation=True, max_length=self.cfg.max_length)
+        keys = list(encoded.keys())
+        return [
+            {**{k: encoded[k][i] for k in keys}, "labels": index[row["label"]]} for i, row in enumerate(examples)
+        ]
+
+    def collator(self, tokenizer):
+        from transformers import DataCollatorWithPadding
+
+        return DataCollatorWithPadding(tokenizer)
+
+    def metric_inputs(self, logits, labels):
+        return logits.argmax(dim=-1), labels
+
+    def metrics(self):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import Accuracy, F1Score
+
+        if self.num_labels == 2:
+            return MetricCollection({"accuracy": Accuracy(task="binary"), "f1": F1Score(task="binary")})
+        n = self.num_labels
+        return MetricCollection(
+            {
+                "accuracy": Accuracy(task="multiclass", num_classes=n),
+                "f1": F1Score(task="multiclass", num_classes=n, average="macro"),
+            }
+        )
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
