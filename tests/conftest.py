@@ -1,0 +1,57 @@
+"""Shared helpers: compose configs like train.py does, and run tiny trainings in-process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+DATA = ROOT / "data"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# A run that takes a second or two: tiny random BERT, 64 SST-2 sentences, 32 to score.
+TINY = [
+    "model=tiny-bert",
+    "logger=csv",
+    "trainer.progress_bar=false",
+    "trainer.max_steps=-1",
+    "trainer.batch_size=8",
+    "task.max_train_samples=64",
+    "task.max_eval_samples=32",
+    f"data_dir={DATA}",
+]
+
+
+def compose(*overrides: str):
+    from peftlab.cli import compose_config
+
+    return compose_config(CONF, list(overrides))
+
+
+def train_tiny(run_dir: Path, *overrides: str):
+    """Compose, validate and train in this process; returns the TrainedRun."""
+    from peftlab.config import validate
+    from peftlab.recipe import train
+
+    raw = compose(*TINY, *overrides)
+    return train(validate(raw), raw, run_dir)
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def sst2_available() -> None:
+    if not (DATA / "glue" / "SST-2" / "train.tsv").is_file():
+        pytest.fail("data/ is empty: run `dvc pull` (scripts/setup.sh does) before the tests")

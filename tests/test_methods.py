@@ -1,0 +1,123 @@
+"""Each method trains for real on a tiny model, reports exact parameter counts, and reloads exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import train_tiny
+
+from peftlab.outputs import METRICS_FILE, WEIGHTS_DIR
+from peftlab.reload import load_run
+
+# tiny-bert: L layers of width d, feed-forward width i, a 2-class head; BERT's vocabulary.
+L, D, I, C, VOCAB, POS = 2, 32, 64, 2, 30522, 128
+HEAD = D * C + C
+
+
+def base_total() -> int:
+    embeddings = VOCAB * D + POS * D + 2 * D + 2 * D  # word, position, token type, LayerNorm
+    attention = 4 * (D * D + D) + 2 * D  # q, k, v, output + LayerNorm
+    ffn = (D * I + I) + (I * D + D) + 2 * D
+    pooler = D * D + D
+    return embeddings + L * (attention + ffn) + pooler + HEAD
+
+
+def lora_all_linear(r: int) -> int:  # q, k, v, attention output: d->d; intermediate: d->i; output: i->d
+    return L * (4 * r * (D + D) + r * (D + I) + r * (I + D))
+
+
+CASES = {
+    # method overrides: (trainable, added to the base)
+    "full": ([], base_total(), 0),
+    "linear_probe": ([], HEAD, 0),
+    "lora": (["rank=4"], lora_all_linear(4) + HEAD, lora_all_linear(4)),
+    "lora-qv": (["rank=4", "peft.target_modules=[query,value]"], 2 * L * 2 * D * 4 + HEAD, 2 * L * 2 * D * 4),
+    "adapter": (["rank=4"], 2 * L * (2 * D * 4 + 4 + D) + HEAD, 2 * L * (2 * D * 4 + 4 + D)),
+    "adapter-pfeiffer": (["rank=4", "peft.variant=pfeiffer"], L * (2 * D * 4 + 4 + D) + HEAD, L * (2 * D * 4 + 4 + D)),
+    "ia3": ([], L * 3 * D + HEAD, L * 3 * D),
+    "loha": (["rank=2"], L * 2 * 2 * 2 * (D + D) + HEAD, L * 2 * 2 * 2 * (D + D)),
+}
+
+
+def _method(case: str) -> str:
+    return case.split("-")[0] if case.startswith(("lora-", "adapter-")) else case
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_tiny_training_counts_saves_and_reloads(tmp_path, sst2_available, case):
+    overrides, trainable, added = CASES[case]
+    run = train_tiny(tmp_path, f"peft={_method(case)}", *overrides)
+
+    metrics = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert metrics["status"] == "finished"
+    assert metrics["params"]["trainable"] == trainable
+    assert metrics["params"]["total"] == base_total() + added
+    assert metrics["params"]["trainable_percent"] == pytest.approx(100 * trainable / (base_total() + added))
+    assert metrics["eval"]["n"] == 32 and 0 <= metrics["eval"]["accuracy"] <= 1
+    assert metrics["train"]["samples"] == 64 and metrics["train"]["steps"] == 8
+
+    # Only trainable weights are saved: never the frozen base (except for full fine-tuning).
+    saved = sum(p.stat().st_size for p in (tmp_path / WEIGHTS_DIR).glob("*.safetensors"))
+    assert saved < 4 * trainable + 20_000 or case == "full"
+    assert metrics["weights"]["bytes"] >= saved
+
+    # Reloaded from the folder (base + saved weights), the model gives the same logits.
+    _, _, reloaded = load_run(tmp_path)
+    batch = {"input_ids": torch.tensor([[101, 2023, 3185, 2001, 2307, 102]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(run.model(**batch).logits, reloaded(**batch).logits)
+
+
+def test_peft_methods_load_with_peft_itself(tmp_path, sst2_available):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    run = train_tiny(tmp_path, "peft=lora", "rank=4")
+    assert (tmp_path / WEIGHTS_DIR / "adapter_config.json").is_file()
+    assert (tmp_path / WEIGHTS_DIR / "adapter_model.safetensors").is_file()
+    torch.manual_seed(0)  # the tiny base is built with seed 0
+    base = AutoModelForSequenceClassification.from_config(
+        BertConfig(hidden_size=D, num_hidden_layers=L, num_attention_heads=2, intermediate_size=I, max_position_embeddings=POS, num_labels=C)
+    )
+    model = PeftModel.from_pretrained(base, str(tmp_path / WEIGHTS_DIR)).eval()
+    batch = {"input_ids": torch.tensor([[101, 7592, 102]])}
+    run.model.eval()
+    with torch.no_grad():
+        assert torch.equal(run.model(**batch).logits, model(**batch).logits)
+
+
+def test_same_seed_same_metrics_and_weights(tmp_path, sst2_available):
+    first = train_tiny(tmp_path / "a", "peft=lora", "seed=3")
+    second = train_tiny(tmp_path / "b", "peft=lora", "seed=3")
+    other = train_tiny(tmp_path / "c", "peft=lora", "seed=4")
+    assert first.metrics["eval"] == second.metrics["eval"]
+    a, b, c = (dict(r.model.named_parameters()) for r in (first, second, other))
+    trained = [n for n, p in a.items() if p.requires_grad]
+    assert all(torch.equal(a[n], b[n]) for n in trained)
+    assert not all(torch.equal(a[n], c[n]) for n in trained)
+
+
+def test_adalora_budget_shrinks_to_the_target(tmp_path, sst2_available):
+    # 16 steps: 2 at the full budget, budgeting, the last 4 at the target budget.
+    run = train_tiny(
+        tmp_path, "peft=adalora", "rank=2", "peft.init_r=6", "peft.tinit=2", "peft.tfinal=4", "peft.deltaT=1",
+        "task.max_train_samples=128", "peft.target_modules=[query,value]",
+    )
+    assert run.metrics["train"]["steps"] == run.metrics["train"]["planned_steps"] == 16
+    matrices = 2 * L
+    kept = sum(int((p != 0).sum()) for n, p in run.model.named_parameters() if "lora_E" in n)
+    assert kept == 2 * matrices  # target_r per matrix on average, down from init_r
+    saved = json.loads((tmp_path / WEIGHTS_DIR / "adapter_config.json").read_text())
+    assert sum(saved["rank_pattern"][k].count(True) for k in saved["rank_pattern"]) == 2 * matrices
+    assert run.metrics["params"]["trainable"] == matrices * 6 * (D + D + 1) + HEAD
+
+
+def test_adalora_schedule_without_budget_phase_is_a_clear_error(tmp_path, sst2_available):
+    from peftlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"peft.tinit=4 \+ peft.tfinal=4 leave no budgeting phase in 8"):
+        train_tiny(tmp_path, "peft=adalora", "peft.tinit=4", "peft.tfinal=4")
+    assert not (tmp_path / METRICS_FILE).exists()
