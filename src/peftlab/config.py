@@ -59,6 +59,7 @@ class TrainerConfig:
     precision: str = "32-true"  # 32-true on CPU; bf16-mixed on recent GPUs
     max_epochs: int = 1
     max_steps: int = -1  # stop after this many optimizer steps (-1: no cap)
+    val_check_interval: Any = None  # also validate every N batches (int) or fraction of an epoch (float <= 1)
     batch_size: int = 32  # per device
     eval_batch_size: int = 128
     accumulate_grad_batches: int = 1
@@ -80,6 +81,11 @@ class TrainerConfig:
         require(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "it must be in [0, 1)")
         require(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "it must be >= 0")
         require(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "it must be >= 0")
+        v = self.val_check_interval
+        require(
+            v is None or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
+            "trainer.val_check_interval", v, "give batches as an integer >= 1, a fraction in (0, 1], or null",
+        )
         require(self.threads is None or self.threads >= 1, "trainer.threads", self.threads, "it must be >= 1 or null")
 
 

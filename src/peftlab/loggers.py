@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
+
+import lightning as L
 
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
@@ -26,3 +30,29 @@ def build_loggers(cfg: Config, run_dir: Path, resolved: dict) -> list[Logger]:
             )
         )
     return loggers
+
+
+@contextlib.contextmanager
+def finish_loggers(trainer: L.Trainer) -> Iterator[dict]:
+    """Yield a dict for the run's summary; on exit, put it in W&B's summary and close the W&B run
+    (marked failed if the block raised), so the next run in this process starts a fresh one."""
+    summary: dict = {}
+    failed = True
+    try:
+        yield summary
+        failed = False
+    finally:
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+                logger.experiment.summary.update(_flatten(summary))
+                logger.experiment.finish(exit_code=1 if failed else 0)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

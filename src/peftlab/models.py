@@ -14,10 +14,8 @@ HEAD_NAMES = ("pre_classifier", "classifier", "score")
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    try:
-        return AutoTokenizer.from_pretrained(cfg.tokenizer)
-    except OSError as err:
-        raise ModelError(f"model.tokenizer={cfg.tokenizer!r} could not be loaded: {_first_line(err)}") from None
+    key = "model.name_or_path" if cfg.tokenizer == cfg.name_or_path else "model.tokenizer"
+    return _from_pretrained(AutoTokenizer, key, cfg.tokenizer)
 
 
 def load_model(cfg: ModelConfig, task: Task):
@@ -35,12 +33,17 @@ def load_model(cfg: ModelConfig, task: Task):
         with torch.random.fork_rng():
             torch.manual_seed(0)
             return auto_class.from_config(config_class(**kwargs, **task.model_kwargs()))
+    return _from_pretrained(auto_class, "model.name_or_path", cfg.name_or_path, **task.model_kwargs())
+
+
+def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
+    """transformers' real loading code (hub or folder), with a one-line error when it cannot."""
     try:
-        return auto_class.from_pretrained(cfg.name_or_path, **task.model_kwargs())
+        return auto_class.from_pretrained(name_or_path, **kwargs)
     except OSError as err:
         raise ModelError(
-            f"model.name_or_path={cfg.name_or_path!r} could not be loaded (not a local folder, and not "
-            f"reachable on the Hugging Face Hub or in its local cache): {_first_line(err)}"
+            f"{key}={name_or_path!r} could not be loaded: not a local folder, and neither the Hugging Face Hub "
+            f"nor its local cache has it ({_first_line(err)})"
         ) from None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,11 @@ METRICS_FILE = "metrics.json"
 WEIGHTS_DIR = "weights"
 
 
-def write_config(run_dir: Path, raw: DictConfig) -> None:
-    """The fully resolved config (the model's folder, the method's lr...), enough to rebuild the run."""
+def start_run_folder(run_dir: Path, raw: DictConfig) -> None:
+    """Clear what a previous run in this folder finished, then write the fully resolved config
+    (the model's folder, the method's lr...), enough to rebuild the run."""
+    (run_dir / METRICS_FILE).unlink(missing_ok=True)  # first: a reused folder must not look finished
+    shutil.rmtree(run_dir / WEIGHTS_DIR, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(raw, resolve=True))
 

@@ -5,26 +5,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab import __version__
 from peftlab.config import Config
 from peftlab.data import TaskDataModule, steps_per_epoch
-from peftlab.loggers import build_loggers
+from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
 from peftlab.models import count_parameters, head_names, load_model, load_tokenizer
 from peftlab.module import PeftModule
-from peftlab.outputs import WEIGHTS_DIR, folder_bytes, write_config, write_metrics
+from peftlab.outputs import WEIGHTS_DIR, folder_bytes, start_run_folder, write_metrics
 from peftlab.tasks import TASKS
 
 
@@ -34,7 +36,8 @@ class TrainedRun:
     model: Any  # the trained model, in memory
 
 
-def train(cfg: Config, raw: DictConfig, run_dir: Path) -> TrainedRun:
+def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> TrainedRun:
+    """One run into `run_dir`; `callbacks` are extra Lightning callbacks (a sweep's pruning, say)."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -42,63 +45,65 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path) -> TrainedRun:
 
     # Data first: a missing file or a bad label fails before the model loads.
     task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
-    data.setup("fit")
+    with status(cfg, f"Reading and tokenizing {cfg.task.name}"):
+        tokenizer = load_tokenizer(cfg.model)
+        data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
+        data.setup("fit")
 
-    trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(raw, resolve=True))
+    trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(raw, resolve=True), list(callbacks))
     total_steps = planned_steps(cfg, len(data.splits["train"]), trainer.world_size)
 
-    model = load_model(cfg.model, task)
     method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
-    model = method.apply(model, head=head_names(model), total_steps=total_steps)
+    with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
+        model = load_model(cfg.model, task)
+        model = method.apply(model, head=head_names(model), total_steps=total_steps)
     model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
     params = count_parameters(model)
     module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps)
 
     if trainer.is_global_zero:
-        write_config(run_dir, raw)
-    _reset_peak_memory()
-    start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
-    train_time = time.perf_counter() - start
-    samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
+        start_run_folder(run_dir, raw)
+    with finish_loggers(trainer) as summary:
+        _reset_peak_memory()
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=data)
+        train_time = time.perf_counter() - start
+        samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
 
-    # Score the final weights, unless the last validation already did.
-    if module.last_eval is None or module.last_eval[0] != trainer.global_step:
-        trainer.validate(module, datamodule=data, verbose=False)
-    evaluation = module.last_eval[1]
+        # Score the final weights, unless the last validation already did.
+        if module.last_eval is None or module.last_eval[0] != trainer.global_step:
+            trainer.validate(module, datamodule=data, verbose=False)
+        if not trainer.is_global_zero:
+            return TrainedRun({}, module.model)
 
-    if not trainer.is_global_zero:
-        return TrainedRun({}, module.model)
-    method.save(module.model, run_dir / WEIGHTS_DIR)
-    metrics = {
-        "status": "finished",
-        "model": cfg.model.name,
-        "method": cfg.peft.name,
-        "task": cfg.task.name,
-        "seed": cfg.seed,
-        "rank": cfg.rank,
-        "alpha": cfg.alpha,
-        "lr": cfg.lr,
-        "main_metric": task.main_metric,
-        "eval": {"split": "validation", "n": len(data.splits["validation"]), **evaluation},
-        "params": params,
-        "train": {
-            "steps": trainer.global_step,
-            "planned_steps": total_steps,
-            "samples": samples,
-            "time_s": round(train_time, 3),
-            "samples_per_s": round(samples / train_time, 2),
-            "devices": trainer.world_size,
-            "precision": cfg.trainer.precision,
-        },
-        "memory": _peak_memory(trainer),
-        "weights": {"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},
-        "versions": _versions(),
-    }
-    write_metrics(run_dir, metrics)  # last: its presence marks a finished run
-    return TrainedRun(metrics, module.model)
+        method.save(module.model, run_dir / WEIGHTS_DIR)
+        summary.update(
+            status="finished",
+            model=cfg.model.name,
+            method=cfg.peft.name,
+            task=cfg.task.name,
+            seed=cfg.seed,
+            rank=cfg.rank,
+            alpha=cfg.alpha,
+            lr=cfg.lr,
+            main_metric=task.main_metric,
+            eval={"split": "validation", "n": len(data.splits["validation"]), **module.last_eval[1]},
+            params=params,
+            train={
+                "steps": trainer.global_step,
+                "planned_steps": total_steps,
+                "samples": samples,
+                "time_s": round(train_time, 3),
+                "samples_per_s": round(samples / train_time, 2),
+                "devices": trainer.world_size,
+                "precision": cfg.trainer.precision,
+            },
+            memory=_peak_memory(trainer),
+            weights={"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},
+            versions=_versions(),
+        )
+        write_metrics(run_dir, summary)  # last: its presence marks a finished run
+    return TrainedRun(summary, module.model)
 
 
 def planned_steps(cfg: Config, n_train: int, world: int) -> int:
@@ -108,7 +113,7 @@ def planned_steps(cfg: Config, n_train: int, world: int) -> int:
     return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else steps
 
 
-def build_trainer(cfg: Config, run_dir: Path, resolved: dict) -> L.Trainer:
+def build_trainer(cfg: Config, run_dir: Path, resolved: dict, callbacks: list[Callback]) -> L.Trainer:
     from lightning.pytorch.callbacks import RichProgressBar
 
     t = cfg.trainer
@@ -120,11 +125,12 @@ def build_trainer(cfg: Config, run_dir: Path, resolved: dict) -> L.Trainer:
         precision=t.precision,
         max_epochs=t.max_epochs,
         max_steps=t.max_steps,
+        val_check_interval=t.val_check_interval,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
         logger=build_loggers(cfg, run_dir, resolved),
-        callbacks=[RichProgressBar()] if t.progress_bar else [],
+        callbacks=callbacks + ([RichProgressBar()] if t.progress_bar else []),
         enable_progress_bar=t.progress_bar,
         enable_checkpointing=False,  # the run folder keeps the trained weights in the method's own format
         enable_model_summary=False,
@@ -135,15 +141,31 @@ def build_trainer(cfg: Config, run_dir: Path, resolved: dict) -> L.Trainer:
     )
 
 
+def status(cfg: Config, message: str):
+    """A spinner for the slow steps before Lightning's progress bar takes over."""
+    if not cfg.trainer.progress_bar:
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console(stderr=True).status(message)
+
+
 def _reset_peak_memory() -> None:
+    """Start a fresh high-water mark, so runs in one process (a sweep's trials) each get their own."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM, the peak resident set
 
 
 def _peak_memory(trainer: L.Trainer) -> dict[str, Any]:
     if trainer.strategy.root_device.type == "cuda":
         return {"peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "kind": "cuda_max_allocated"}
-    # ru_maxrss is in KiB on Linux: the whole process's high-water mark, tokenizer and data included.
+    status_file = Path("/proc/self/status")
+    if status_file.is_file():
+        for line in status_file.read_text().splitlines():
+            if line.startswith("VmHWM:"):  # peak resident set since the last reset, in kB
+                return {"peak_mb": round(int(line.split()[1]) / 1024, 1), "kind": "cpu_peak_rss"}
     return {"peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "kind": "cpu_max_rss"}
 
 
