@@ -8,15 +8,16 @@ config into typed objects: the top level is checked by Hydra against `Config`; t
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
-from peftlab.errors import ConfigError, require
+from peftlab.errors import ConfigError, require, require_choice
 
 PATH_PREFIXES = ("/", "./", "../", "~")
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
@@ -72,8 +73,8 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        require(self.accelerator in ACCELERATORS, "trainer.accelerator", self.accelerator, f"allowed: {', '.join(ACCELERATORS)}")
-        require(self.precision in PRECISIONS, "trainer.precision", self.precision, f"allowed: {', '.join(PRECISIONS)}")
+        require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        require_choice("trainer.precision", self.precision, PRECISIONS)
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
         require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps, "it must be -1 or >= 1")
@@ -98,7 +99,7 @@ class LoggerConfig:
     tags: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        require(self.mode in WANDB_MODES, "logger.mode", self.mode, f"allowed: {', '.join(WANDB_MODES)}")
+        require_choice("logger.mode", self.mode, WANDB_MODES)
 
 
 @dataclass
@@ -157,26 +158,15 @@ def validate(cfg: DictConfig) -> Config:
         return OmegaConf.to_object(cfg)
 
 
-class config_errors:
+@contextlib.contextmanager
+def config_errors(prefix: str = "") -> Iterator[None]:
     """Turn omegaconf's multi-line errors into one ConfigError line naming the full key."""
+    from omegaconf.errors import OmegaConfBaseException
 
-    def __init__(self, prefix: str = "") -> None:
-        self.prefix = prefix
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, err, tb) -> bool:
-        if err is None or isinstance(err, ConfigError):
-            return False
-        cause = _user_cause(err)
-        if cause is not None:
-            raise cause from None
-        from omegaconf.errors import OmegaConfBaseException
-
-        if not isinstance(err, OmegaConfBaseException):
-            return False
-        raise ConfigError(describe_omegaconf_error(err, self.prefix)) from None
+    try:
+        yield
+    except OmegaConfBaseException as err:
+        raise (_user_cause(err) or ConfigError(describe_omegaconf_error(err, prefix))) from None
 
 
 def describe_omegaconf_error(err: Exception, prefix: str = "") -> str:
@@ -184,11 +174,11 @@ def describe_omegaconf_error(err: Exception, prefix: str = "") -> str:
     if prefix and key and not key.startswith(prefix):
         key = f"{prefix}.{key}"
     message = str(getattr(err, "msg", None) or err).splitlines()[0]
-    kind = type(err).__name__
-    if kind == "ConfigKeyError" or "not in" in message:
-        section = key.rsplit(".", 1)[0] if "." in key else ""
-        return f"{key or message}: unknown config key{' in ' + section if section else ''}"
-    if kind == "MissingMandatoryValue":
+    if type(err).__name__ in ("ConfigKeyError", "ConfigAttributeError") or "not in" in message:
+        parent = getattr(err, "parent_node", None)
+        allowed = [k for k in parent.keys() if k != "hydra"] if parent is not None else []
+        return f"{key or message}: unknown config key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
+    if type(err).__name__ == "MissingMandatoryValue":
         return f"{key}: a value is required here"
     return f"{key}: {message}" if key else message
 

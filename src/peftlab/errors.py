@@ -21,3 +21,9 @@ def require(ok: bool, key: str, value: object, rule: str) -> None:
     """Raise the standard one-line range error unless `ok`."""
     if not ok:
         raise ConfigError(f"{key}={value} is out of range; {rule}")
+
+
+def require_choice(key: str, value: object, allowed: tuple) -> None:
+    """Raise the standard one-line error unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"{key}={value} is not an option; allowed: {', '.join(map(str, allowed))}")

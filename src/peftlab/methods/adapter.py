@@ -8,10 +8,11 @@ from typing import Optional
 
 from omegaconf import II
 
-from peftlab.errors import require
+from peftlab.errors import require, require_choice
 from peftlab.methods.base import METHODS, Method, MethodConfig, freeze_all_but
 
 VARIANTS = ("houlsby", "pfeiffer")
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 
 
 @dataclass
@@ -26,16 +27,11 @@ class AdapterConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(self.variant in VARIANTS, "peft.variant", self.variant, f"allowed: {', '.join(VARIANTS)}")
+        require_choice("peft.variant", self.variant, VARIANTS)
         require(self.bottleneck_dim >= 1, "peft.bottleneck_dim", self.bottleneck_dim, "it must be >= 1")
         if self.reduction_factor is not None:
             require(self.reduction_factor >= 1, "peft.reduction_factor", self.reduction_factor, "it must be >= 1")
-        require(
-            self.activation in ("relu", "gelu", "silu", "tanh"),
-            "peft.activation",
-            self.activation,
-            "allowed: relu, gelu, silu, tanh",
-        )
+        require_choice("peft.activation", self.activation, ACTIVATIONS)
 
 
 @METHODS.register("adapter")
