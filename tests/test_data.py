@@ -111,6 +111,9 @@ def test_length_grouped_batches_cover_the_data_once_and_pad_less():
     padded_random = sum(32 * max(lengths[i] for i in random_order[s : s + 32]) for s in range(0, 1000, 32))
     assert padded < 0.75 * padded_random
     assert batches != list(LengthGroupedBatchSampler(lengths, batch_size=32, seed=1))
+    sampler = LengthGroupedBatchSampler(lengths, batch_size=32, seed=0)
+    first_epoch, second_epoch = list(sampler), list(sampler)
+    assert first_epoch == batches and second_epoch != first_epoch  # a new order every epoch
 
 
 def test_distributed_shares_are_equal_and_eval_scores_each_example_once():

@@ -26,16 +26,16 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
         self.lengths, self.batch_size, self.seed, self.rank, self.world = lengths, batch_size, seed, rank, world
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of every epoch
-        self.epoch = epoch
+        # Lightning's set_epoch reaches samplers, not batch samplers: count passes here instead, so
+        # every epoch gets a new order, the same one for a given seed.
+        self.passes = 0
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(len(self.lengths) / self.world) / self.batch_size)
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed + self.epoch)
+        rng = random.Random(self.seed * 100_003 + self.passes)
+        self.passes += 1
         order = list(range(len(self.lengths)))
         rng.shuffle(order)
         per_rank = math.ceil(len(order) / self.world)
