@@ -63,9 +63,9 @@ class Method:
 
         model = self.apply(model, head=[], total_steps=1)
         tensors = load_file(str(folder / WEIGHTS_FILE))
-        missing = set(tensors) - dict(model.named_parameters()).keys()
-        if missing:
-            raise DataError(f"{folder / WEIGHTS_FILE} holds weights this model lacks: {sorted(missing)[:3]}")
+        unknown = set(tensors) - dict(model.named_parameters()).keys()
+        if unknown:
+            raise DataError(f"{folder / WEIGHTS_FILE} holds weights this model lacks: {sorted(unknown)[:3]}")
         model.load_state_dict(tensors, strict=False)
         return model
 
