@@ -1,0 +1,135 @@
+"""Score a finished run from its folder alone, the way a user would: base model + saved weights.
+
+    python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]
+    peftlab-evaluate RUN_FOLDER split=train
+
+Writes DIR/eval_<split>.json (DIR defaults to the run folder). Nothing of the training process is
+reused: the model is rebuilt by `peftlab.reload.load_run`. The batches are the length-sorted
+evaluation batches training used, at the run's own `trainer.eval_batch_size`, so on the split
+training scored the numbers are bit-identical to its metrics.json; the file records both, and
+`matches_training` says whether they are equal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.outputs import atomic_write, read_metrics
+from peftlab.tasks.base import SPLITS
+
+USAGE = "usage: python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]"
+OPTIONS = {"split": "validation", "out": None}
+
+
+def eval_file_name(split: str) -> str:
+    return f"eval_{split}.json"
+
+
+def parse_args(argv: list[str]) -> tuple[Path, dict[str, Any]]:
+    if not argv or "=" in argv[0] or argv[0].startswith("-"):
+        raise ConfigError(f"no run folder given; {USAGE}")
+    options = dict(OPTIONS)
+    for arg in argv[1:]:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in OPTIONS:
+            raise ConfigError(f"{arg}: unknown argument; allowed: {', '.join(f'{k}=' for k in OPTIONS)} ({USAGE})")
+        options[key] = value
+    if options["split"] not in SPLITS:
+        raise ConfigError(f"split={options['split']} is not a split; allowed: {', '.join(SPLITS)}")
+    return Path(argv[0]), options
+
+
+def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
+    """Scores of the run's saved weights on `split`, with what training recorded for comparison."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torchmetrics import MeanMetric
+
+    from peftlab.data import eval_batches
+    from peftlab.models import load_tokenizer
+    from peftlab.reload import load_run
+
+    cfg, task, model = load_run(run_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    examples = task.encode(task.examples(split), tokenizer)
+    batches = eval_batches([len(e["input_ids"]) for e in examples], cfg.trainer.eval_batch_size)
+    loader = DataLoader(examples, batch_sampler=batches, collate_fn=task.collator(tokenizer))
+
+    metrics, loss = task.metrics(), MeanMetric()
+    with torch.inference_mode():
+        for batch in loader:
+            out = model(**batch)
+            loss.update(out.loss, weight=len(batch["labels"]))
+            metrics.update(*task.metric_inputs(out.logits, batch["labels"]))
+    scores = {name: float(value) for name, value in metrics.compute().items()}
+    scores["loss"] = float(loss.compute())
+
+    recorded = read_metrics(run_dir)
+    trained_on_split = recorded["eval"].get("split") == split
+    training_scores = {k: recorded["eval"][k] for k in scores if k in recorded["eval"]} if trained_on_split else None
+    return {
+        "run": str(run_dir),
+        "model": recorded["model"],
+        "method": recorded["method"],
+        "task": recorded["task"],
+        "seed": recorded["seed"],
+        "split": split,
+        "n": len(examples),
+        "batch_size": cfg.trainer.eval_batch_size,
+        "scores": scores,
+        "data": split_fingerprint(cfg.task, split),
+        "training_scores": training_scores,
+        "matches_training": None if training_scores is None else training_scores == scores,
+    }
+
+
+def split_fingerprint(task_cfg, split: str) -> dict[str, Optional[str]]:
+    """The split's file and its md5, which is the hash DVC 3 records for it in data.dvc's listing."""
+    path = split_file(task_cfg, split)
+    if path is None or not path.is_file():
+        return {"file": None if path is None else str(path), "md5": None}
+    digest = hashlib.md5()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": str(path), "md5": digest.hexdigest()}
+
+
+def split_file(task_cfg, split: str) -> Optional[Path]:
+    """Where a task reads a split from: `task=csv` names its files, folder tasks (SST-2) list theirs."""
+    import importlib
+
+    from peftlab.tasks import TASKS
+
+    named = getattr(task_cfg, f"{split}_file", None)
+    if named:
+        return Path(named)
+    module = importlib.import_module(TASKS.get(task_cfg.task, "task.task").__module__)
+    files = getattr(module, "FILES", {})
+    data_dir = getattr(task_cfg, "data_dir", None)
+    return Path(data_dir) / files[split] if data_dir and split in files else None
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from peftlab.cli import fail
+
+    try:
+        run_dir, options = parse_args(sys.argv[1:] if argv is None else argv)
+        result = evaluate_run(run_dir, options["split"])
+    except PeftlabError as err:
+        fail(err)
+    out_dir = Path(options["out"]) if options["out"] else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / eval_file_name(options["split"]), json.dumps(result, indent=2) + "\n")
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in result["scores"].items())
+    match = {True: "equal to training's", False: "DIFFERENT from training's", None: "not scored in training"}
+    print(f"{run_dir} on {options['split']} (n={result['n']}): {scores} ({match[result['matches_training']]})")
+
+
+if __name__ == "__main__":
+    main()

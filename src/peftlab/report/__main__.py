@@ -1,0 +1,3 @@
+from peftlab.report.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""`python -m peftlab.report` / `peftlab-report`: build results/ from any run folders."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from peftlab.errors import ConfigError, DataError, PeftlabError
+from peftlab.outputs import atomic_write
+from peftlab.report import render
+from peftlab.report.plots import write_plots
+from peftlab.report.provenance import Provenance, provenance
+from peftlab.report.runs import check_same_split, collect, grid_folders, group_runs
+from peftlab.report.table import Table, build_table
+
+OUTPUT_FILES = ("table.md", "table.tex", "table.csv", "summary.json", "pareto.png", "memory.png")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's usage block becomes the project's one-line error
+        raise ConfigError(f"{message} (see python -m peftlab.report --help)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m peftlab.report", description=__doc__)
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN_FOLDER", help="finished run folders (with metrics.json)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
+    p.add_argument("--split", default="validation", help="the split to report (default: validation)")
+    p.add_argument("--evals", type=Path, help="read eval_<split>.json from EVALS/<run folder name>/ instead of the run folder")
+    p.add_argument("--group-by", default="", help="one table per model and/or task: model | task | model,task")
+    p.add_argument("--baseline", default="full", help="the method significance is tested against (default: full)")
+    p.add_argument("--p", type=float, default=0.05, dest="alpha", help="significance threshold (default: 0.05)")
+    grid = p.add_argument_group("a pipeline grid (RUNS_DIR/<method>-s<seed>); missing cells are named")
+    grid.add_argument("--runs-dir", type=Path)
+    grid.add_argument("--methods", nargs="+", default=[])
+    grid.add_argument("--seeds", nargs="+", type=int, default=[])
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from peftlab.cli import fail
+
+    try:
+        written = run(sys.argv[1:] if argv is None else argv)
+    except PeftlabError as err:
+        fail(err)
+    for path in written:
+        print(f"wrote {path}")
+
+
+def run(argv: list[str]) -> list[Path]:
+    args = parser().parse_args(argv)
+    if not 0 < args.alpha < 1:
+        raise ConfigError(f"--p {args.alpha} is out of range; it must be in (0, 1)")
+    grid_given = [bool(args.runs_dir), bool(args.methods), bool(args.seeds)]
+    if any(grid_given) and not all(grid_given):
+        raise ConfigError("--runs-dir, --methods and --seeds go together: name the folder, the methods and the seeds of the grid")
+    folders = [(path, None, None) for path in args.runs]
+    if args.runs_dir:
+        folders += grid_folders(args.runs_dir, args.methods, args.seeds)
+    if not folders:
+        raise ConfigError("no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds")
+
+    collected = collect(folders, args.split, args.evals)
+    for missing in collected.missing:
+        print(f"warning: missing run: {missing.describe()}", file=sys.stderr)
+    if not collected.runs:
+        raise DataError("no finished runs to report; missing: " + "; ".join(m.describe() for m in collected.missing))
+    group_by = [k for k in args.group_by.split(",") if k]
+    groups = group_runs(collected.runs, group_by)
+    prov = provenance()
+    written = []
+    for key, runs in sorted(groups.items()):
+        out_dir = args.out / "-".join(key) if group_by else args.out
+        check_same_split(runs, args.split)
+        # A missing run has no metrics to tell its group, so every table lists all of them.
+        table = build_table(runs, collected.missing, args.split, args.baseline, args.alpha)
+        for row in table.rows:
+            if row.missing_seeds:
+                print(f"warning: {row.label} has no run for seed(s) {', '.join(map(str, row.missing_seeds))}", file=sys.stderr)
+        written += write_report(table, prov, out_dir)
+    return written
+
+
+def write_report(table: Table, prov: Provenance, out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = {
+        "table.md": render.markdown(table, prov),
+        "table.tex": render.latex(table, prov),
+        "table.csv": render.csv_text(table),
+        "summary.json": render.summary_json(table, prov),
+    }
+    for name, text in texts.items():
+        atomic_write(out_dir / name, text)
+    return [out_dir / name for name in texts] + write_plots(table, out_dir)
+

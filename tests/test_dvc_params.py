@@ -1,0 +1,47 @@
+"""params.yaml: composed from conf/pipeline/ as `dvc exp run` composes it, and kept in step."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from conftest import CONF, ROOT
+
+from peftlab.dvc_params import STAMP_TEXT, check, compose
+from peftlab.errors import ConfigError
+
+
+def test_committed_params_yaml_is_the_composition_of_conf_pipeline(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    check(ROOT, tmp_path / "params.ok")  # raises if someone edited conf/pipeline/ without recomposing
+    assert (tmp_path / "params.ok").read_text() == STAMP_TEXT
+
+
+def test_overrides_compose_like_dvc_exp_run_set_param(tmp_path):
+    compose(ROOT, ["peft=adalora", "rank=4"], tmp_path / "params.yaml")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["grid"] == {"seeds": [1, 2, 3], "methods": ["adalora"]}
+    assert params["rank"] == 4 and params["model"] == "minilm" and params["preset"]["name"] == "quick"
+
+    compose(ROOT, ["preset=paper"], tmp_path / "params.yaml")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["grid"]["seeds"] == [1, 2, 3, 4, 5] and params["preset"]["trainer"] == "gpu"
+    assert params["grid"]["methods"] == ["full", "lora", "adalora", "adapter", "linear_probe"]
+
+
+def test_every_method_can_be_the_grid():
+    methods = {p.stem for p in (CONF / "peft").glob("*.yaml")}
+    choices = {p.stem for p in (CONF / "pipeline" / "peft").glob("*.yaml")}
+    assert choices == methods | {"all"}
+    for method in methods:
+        assert yaml.safe_load((CONF / "pipeline" / "peft" / f"{method}.yaml").read_text()) == {"grid": {"methods": [method]}}
+
+
+def test_bad_overrides_are_one_line(tmp_path):
+    with pytest.raises(ConfigError, match=r"^peft=lorra is not an option; allowed: adalora, adapter, all, full, ia3, linear_probe, loha, lora$"):
+        compose(ROOT, ["peft=lorra"], tmp_path / "params.yaml")
+    done = subprocess.run([sys.executable, "-m", "peftlab.dvc_params", "--force"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: --force: unknown flag; give Hydra overrides (key=value) or --check STAMP_FILE"
