@@ -39,9 +39,9 @@ def test_expected_options_exist():
 
 
 def test_every_yaml_opens_with_a_command_that_uses_it():
-    for path in CONF.rglob("*.yaml"):
-        first = path.read_text().splitlines()[0]
-        assert first.startswith(("# python ", "# dvc ")), path
+    for path in [*CONF.rglob("*.yaml"), *(CONF.parent / "sweeps").glob("*.yaml")]:
+        lines = [line for line in path.read_text().splitlines() if not line.startswith("# @")]  # Hydra directives come first
+        assert lines[0].startswith(("# python ", "# dvc ")), path
 
 
 def test_shortcuts_flow_into_every_method_that_has_them():

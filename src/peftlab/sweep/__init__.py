@@ -1,0 +1,1 @@
+"""Sweeps: W&B sweep files run with Optuna (spec -> check -> runner -> outputs)."""

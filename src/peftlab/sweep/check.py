@@ -1,0 +1,116 @@
+"""A sweep checked against the composed config before any trial starts.
+
+Every parameter must be a key of the config `train.py` composes (a group such as `peft`, a
+top-level key such as `rank`, or a dotted key such as `peft.init_r`), and the extreme values of
+its range must pass `peftlab.config.validate`. Otherwise the sweep would start, and every trial
+would fail the same way. Light: Hydra and omegaconf only, no torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from peftlab.cli import compose_config
+from peftlab.config import config_errors, validate
+from peftlab.errors import ConfigError
+from peftlab.sweep.spec import FLOAT_VALUED, Param, SweepSpec
+
+_ABSENT = object()
+
+
+def base_overrides(spec: SweepSpec, cli_overrides: list[str]) -> list[str]:
+    """What every trial gets: the command line's overrides, then the file's constants it leaves alone.
+
+    A constant of the file (trainer.val_check_interval: 100) can be overridden on the command line,
+    for a smaller data set say; a searched key cannot.
+    """
+    cli_keys = {override_key(o) for o in cli_overrides}
+    for p in spec.searched:
+        if p.key in cli_keys:
+            raise ConfigError(f"{spec.path}: parameters.{p.key}: {p.key} is searched by this sweep; remove {p.key}=... from the command line")
+    constants = {p.key: p.value for p in spec.constants if p.key not in cli_keys}
+    return list(cli_overrides) + spec.overrides(constants)
+
+
+def check_against_config(spec: SweepSpec, conf_dir: Path, cli_overrides: list[str]) -> list[str]:
+    """Raise a one-line ConfigError naming the file and key, or return the trials' base overrides."""
+    compose_config(conf_dir, list(cli_overrides))  # a bad command-line override is reported as train.py does
+    base = base_overrides(spec, cli_overrides)
+    groups = {p.key for p in spec.params if (conf_dir / p.key).is_dir()}
+    first = {p.key: p.extremes()[0] for p in spec.searched}
+
+    # One probe with every searched key at its first value, then one per other extreme of each key.
+    probes: list[tuple[Param | None, dict[str, Any]]] = [(None, first)]
+    for p in spec.searched:
+        probes += [(p, {**first, p.key: v}) for v in p.extremes()[1:]]
+    composed: dict[str, tuple] = {}  # (config, typed) per choice of groups: Hydra composes in ~0.1 s
+    for varied, values in probes:
+        _check_probe(spec, conf_dir, base, groups, varied, values, composed)
+    for _, typed in composed.values():
+        # Lightning's DDP starts its other ranks by running the same command line again, which for
+        # sweep.py would be a second sweep; W&B's agent (plain train.py runs) has no such problem.
+        if typed.trainer.devices != 1 or typed.trainer.num_nodes != 1:
+            raise ConfigError(
+                f"trainer.devices={typed.trainer.devices} trainer.num_nodes={typed.trainer.num_nodes}: sweep.py runs one "
+                "process per trial; allowed: trainer.devices=1 trainer.num_nodes=1 (use --workers for parallel trials)"
+            )
+    return base
+
+
+def override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _check_probe(
+    spec: SweepSpec, conf_dir: Path, base: list[str], groups: set[str], varied: Param | None, values: dict[str, Any], composed: dict
+) -> None:
+    def error(p: Param, message: str) -> ConfigError:
+        return ConfigError(f"{spec.path}: parameters.{p.key}: {message}")
+
+    # The groups first: the keys a parameter may name depend on the chosen method, model, task.
+    choice = spec.overrides({k: v for k, v in values.items() if k in groups})
+    label = " ".join(o for o in base + choice if override_key(o) in groups) or "the default groups"
+    if label not in composed:
+        try:
+            cfg = compose_config(conf_dir, base + choice)
+            composed[label] = (cfg, validate(cfg))
+        except ConfigError as err:
+            culprit = varied or next((p for p in spec.params if p.key in groups), spec.params[0])
+            raise error(culprit, str(err)) from None
+    cfg, typed = composed[label][0].copy(), composed[label][1]
+    for p in spec.params:
+        if p.key not in groups and OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT:
+            raise error(p, f"{p.key} is not a key of the composed config (with {label}); allowed: {_allowed_near(cfg, p.key)}")
+        current = _typed_value(typed, p.key)
+        if p.kind in FLOAT_VALUED and isinstance(current, int) and not isinstance(current, bool):
+            raise error(p, f"{p.key} is an integer, but W&B's {p.kind} gives floats ({p.key}=16.0); allowed for integers: int_uniform, values")
+
+    # Then the values, set on the composed config (interpolations such as peft.r: ${rank} follow).
+    blamed = varied or (spec.searched[0] if spec.searched else spec.params[0])
+    try:
+        for key, value in values.items():
+            if key not in groups:
+                with config_errors():
+                    OmegaConf.update(cfg, key, value, merge=False)
+        validate(cfg)
+    except ConfigError as err:
+        raise error(blamed, str(err)) from None
+
+
+def _allowed_near(cfg: DictConfig, key: str) -> str:
+    """The keys next to the one that is missing, so a typo is easy to spot."""
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    if not isinstance(node, DictConfig):
+        return "a key that `python train.py --cfg job` prints"
+    keys = sorted(k for k in node.keys() if k != "hydra")
+    return ", ".join(f"{parent}.{k}" if parent else str(k) for k in keys)
+
+
+def _typed_value(obj: Any, key: str) -> Any:
+    for part in key.split("."):
+        obj = getattr(obj, part, None)
+    return obj

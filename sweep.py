@@ -1,0 +1,94 @@
+"""Run a W&B sweep file with Optuna: the same search `wandb sweep` runs, on your own machines.
+
+    python sweep.py sweeps/lora.yaml --trials 30                      # TPE + Hyperband on dev accuracy
+    python sweep.py sweeps/lora.yaml --trials 30 --workers 2 task.max_train_samples=4000
+    python sweep.py sweeps/methods.yaml --storage postgresql+psycopg2://user@db-host/sweeps   # one per machine
+    optuna-dashboard sqlite:///runs/sweeps/lora/optuna.db             # watch it
+
+Rerunning the same command continues the study (finished trials count towards --trials); a trial
+killed mid-run is recorded as failed and run again. Everything lands in runs/sweeps/<study>/:
+trial-NNNN/ run folders, trials.csv/.md, best.txt/.yaml, importances.json and plots.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from peftlab.cli import fail
+from peftlab.errors import ConfigError, PeftlabError
+from peftlab.sweep.check import check_against_config
+from peftlab.sweep.runner import SweepError, SweepSettings, default_storage, run_sweep
+from peftlab.sweep.spec import load_spec
+
+CONF_DIR = Path(__file__).parent / "conf"
+DEFAULT_TRIALS = 20
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("WANDB_SILENT", "true")  # one line per trial from the sweep, not W&B's run summaries
+    try:
+        # Every check before any trial: the file, its keys against the composed config, the options.
+        spec = load_spec(args.sweep_file)
+        base = check_against_config(spec, CONF_DIR, args.overrides)
+        study = args.study or spec.name or args.sweep_file.stem
+        sweep_dir = args.out / study
+        trials = args.trials or spec.run_cap or (_grid_size(spec) if spec.method == "grid" else DEFAULT_TRIALS)
+        for flag, value, low in (("--trials", trials, 1), ("--workers", args.workers, 1), ("--max-failures", args.max_failures or 1, 1)):
+            if value < low:
+                raise ConfigError(f"{flag}={value} is out of range; it must be an integer >= {low}")
+        settings = SweepSettings(
+            spec_path=args.sweep_file.resolve(), conf_dir=CONF_DIR, base_overrides=base, study_name=study,
+            storage_url=args.storage or default_storage(sweep_dir), sweep_dir=sweep_dir.resolve(), trials=trials,
+            workers=args.workers, isolate=args.isolate, seed=args.seed, max_failures=args.max_failures,
+        )  # fmt: skip
+        print(f"study {study}: {trials} trials, {spec.method} search on {spec.metric} ({spec.goal}), storage {settings.storage_url}", flush=True)
+    except PeftlabError as err:
+        fail(err)
+    try:
+        run_sweep(settings)
+    except SweepError as err:
+        report(settings, spec)  # the failed trials' errors are in trials.md
+        fail(err)
+    except PeftlabError as err:  # e.g. the study was started with other overrides
+        fail(err)
+    report(settings, spec)
+    return 0
+
+
+def report(settings: SweepSettings, spec) -> None:
+    import optuna
+
+    from peftlab.sweep.outputs import write_outputs
+    from peftlab.sweep.runner import make_storage
+
+    study = optuna.load_study(study_name=settings.study_name, storage=make_storage(settings.storage_url))
+    for name, where in write_outputs(study, spec, settings.sweep_dir, settings.base_overrides).items():
+        print(f"{name}: {where}")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_file", type=Path, help="a W&B sweep file, e.g. sweeps/lora.yaml")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial, e.g. task=sst2 trainer.max_epochs=1")
+    parser.add_argument("--trials", type=int, help=f"finished trials to end with (default: run_cap, the grid's size, or {DEFAULT_TRIALS})")
+    parser.add_argument("--storage", help="an Optuna storage URL (default: sqlite:///runs/sweeps/<study>/optuna.db)")
+    parser.add_argument("--study", help="the study's name (default: the file's name: key, or its file name)")
+    parser.add_argument("--workers", type=int, default=1, help="local worker processes on the study (default 1)")
+    parser.add_argument("--isolate", action="store_true", help="run each trial in a fresh process")
+    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    parser.add_argument("--max-failures", type=int, help="stop once the study holds this many failed trials (default: --trials)")
+    parser.add_argument("--out", type=Path, default=Path("runs/sweeps"), help="where sweep folders go (default runs/sweeps)")
+    return parser.parse_intermixed_args(argv)
+
+
+def _grid_size(spec) -> int:
+    size = 1
+    for values in spec.grid().values():
+        size *= len(values)
+    return size
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
