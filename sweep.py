@@ -34,8 +34,10 @@ def main(argv: list[str]) -> int:
         base = check_against_config(spec, CONF_DIR, args.overrides)
         study = args.study or spec.name or args.sweep_file.stem
         sweep_dir = args.out / study
-        trials = args.trials or spec.run_cap or (_grid_size(spec) if spec.method == "grid" else DEFAULT_TRIALS)
-        for flag, value, low in (("--trials", trials, 1), ("--workers", args.workers, 1), ("--max-failures", args.max_failures or 1, 1)):
+        # `is not None`, not `or`: an explicit --trials 0 is an error, not a request for the default.
+        trials = args.trials if args.trials is not None else spec.run_cap or (_grid_size(spec) if spec.method == "grid" else DEFAULT_TRIALS)
+        max_failures = args.max_failures if args.max_failures is not None else 1
+        for flag, value, low in (("--trials", trials, 1), ("--workers", args.workers, 1), ("--max-failures", max_failures, 1)):
             if value < low:
                 raise ConfigError(f"{flag}={value} is out of range; it must be an integer >= {low}")
         settings = SweepSettings(

@@ -329,3 +329,14 @@ def test_two_workers_share_one_study_through_postgres(tmp_path, shared_storage, 
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["worker"]["pid"] for t in trials}) == 2  # both processes took trials
     assert sorted(p.name for p in (tmp_path / study_name).glob("trial-*")) == [f"trial-000{i}" for i in range(4)]
+
+
+@pytest.mark.parametrize("flag", ["--trials", "--max-failures"])
+def test_zero_counts_are_rejected_not_replaced_by_defaults(tmp_path, flag):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "sweep.py"), "sweeps/lora.yaml", flag, "0", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {flag}=0 is out of range; it must be an integer >= 1"
+    assert not any(tmp_path.iterdir())

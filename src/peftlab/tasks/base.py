@@ -48,6 +48,13 @@ class Task:
     def __init__(self, cfg: TaskConfig, seed: int) -> None:
         self.cfg = cfg
         self.seed = seed
+        self._rows: dict[str, list[dict[str, Any]]] = {}
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """`read(split)`, read once: label inference and `examples` both need the training rows."""
+        if split not in self._rows:
+            self._rows[split] = self.read(split)
+        return self._rows[split]
 
     # -- to implement --------------------------------------------------------------------------
     def read(self, split: str) -> list[dict[str, Any]]:
@@ -75,7 +82,7 @@ class Task:
 
     # -- shared --------------------------------------------------------------------------------
     def examples(self, split: str) -> list[dict[str, Any]]:
-        rows = self.read(split)
+        rows = self.rows(split)
         if not rows:
             raise DataError(f"task {self.cfg.name}: the {split} split is empty")
         if split == "train" and self.cfg.max_train_samples and self.cfg.max_train_samples < len(rows):

@@ -18,7 +18,7 @@ class TextClassificationTask(Task):
     def labels(self) -> list[str]:
         if self.given_labels:
             return [str(label) for label in self.given_labels]
-        seen = {row["label"] for row in self.read("train")}
+        seen = {row["label"] for row in self.rows("train")}
         # numeric labels sort as numbers, so "2" < "10"
         return sorted(seen, key=lambda x: (0, float(x), x) if _is_number(x) else (1, 0, x))
 
