@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from peftlab.cli import fail
+from peftlab.cli import OneLineParser, fail
 from peftlab.errors import ConfigError, PeftlabError
 from peftlab.sweep.check import check_against_config
 from peftlab.sweep.runner import SweepError, SweepSettings, default_storage, run_sweep
@@ -26,7 +26,10 @@ DEFAULT_TRIALS = 20
 
 
 def main(argv: list[str]) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except PeftlabError as err:
+        fail(err)
     os.environ.setdefault("WANDB_SILENT", "true")  # one line per trial from the sweep, not W&B's run summaries
     try:
         # Every check before any trial: the file, its keys against the composed config, the options.
@@ -34,6 +37,10 @@ def main(argv: list[str]) -> int:
         base = check_against_config(spec, CONF_DIR, args.overrides)
         study = args.study or spec.name or args.sweep_file.stem
         sweep_dir = args.out / study
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"--out {args.out} is a file; allowed: a folder (it is created if missing)")
+        if args.storage:
+            check_storage(args.storage)
         # `is not None`, not `or`: an explicit --trials 0 is an error, not a request for the default.
         trials = args.trials if args.trials is not None else spec.run_cap or (_grid_size(spec) if spec.method == "grid" else DEFAULT_TRIALS)
         max_failures = args.max_failures if args.max_failures is not None else 1
@@ -59,6 +66,24 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def check_storage(url: str) -> None:
+    """A storage URL that cannot be opened fails here, in one line, not in every worker."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    from peftlab.errors import first_line
+    from peftlab.sweep.runner import make_storage
+
+    try:
+        make_storage(url).engine.dispose()
+    except (ArgumentError, NoSuchModuleError, ValueError, ImportError) as err:
+        raise ConfigError(
+            f"--storage {url}: {first_line(err)}; allowed: an Optuna storage URL such as sqlite:///PATH "
+            "or postgresql+psycopg2://USER@HOST/DB"
+        ) from None
+    except SQLAlchemyError as err:  # a server that is not there, or refuses us
+        raise ConfigError(f"--storage {url} cannot be opened: {first_line(err)}") from None
+
+
 def report(settings: SweepSettings, spec) -> None:
     import optuna
 
@@ -71,7 +96,7 @@ def report(settings: SweepSettings, spec) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python sweep.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_file", type=Path, help="a W&B sweep file, e.g. sweeps/lora.yaml")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial, e.g. task=sst2 trainer.max_epochs=1")
     parser.add_argument("--trials", type=int, help=f"finished trials to end with (default: run_cap, the grid's size, or {DEFAULT_TRIALS})")

@@ -45,10 +45,26 @@ def train_tiny(run_dir: Path, *overrides: str):
 
 
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python train.py ARGS` as a user runs it."""
+    return run_command([str(ROOT / "train.py"), *args], cwd=cwd, timeout=timeout, env=env)
+
+
+def run_command(argv: list[str], cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python ARGV` (a script or `-m module` and its arguments) in a fresh process."""
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
-    )
+    return subprocess.run([sys.executable, *argv], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) -> str:
+    """The bad-input contract: exit 2, no traceback, and the last stderr line is the only `error:` line."""
+    stderr = result.stderr
+    assert "Traceback" not in stderr and "HYDRA_FULL_ERROR" not in stderr, stderr[-3000:]
+    assert result.returncode == 2, f"exit {result.returncode}: {stderr[-3000:]}"
+    lines = stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == [lines[-1]], stderr[-3000:]
+    assert expected in lines[-1], lines[-1]
+    return lines[-1]
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,9 @@ from collections import Counter
 import pytest
 from conftest import DATA, compose, run_cli, train_tiny
 
+from peftlab.budget import steps_per_epoch
 from peftlab.config import validate
-from peftlab.data import LengthGroupedBatchSampler, eval_batches, steps_per_epoch
+from peftlab.data import LengthGroupedBatchSampler, eval_batches
 from peftlab.errors import DataError
 from peftlab.outputs import METRICS_FILE
 from peftlab.tasks import TASKS

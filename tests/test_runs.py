@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch
 from conftest import DATA, TINY, run_cli, train_tiny
 
+from peftlab.errors import RunFolderError, TrainingError
 from peftlab.module import PeftModule
-from peftlab.outputs import CONFIG_FILE, METRICS_FILE, WEIGHTS_DIR, atomic_write
+from peftlab.outputs import CONFIG_FILE, LOCK_FILE, METRICS_FILE, WEIGHTS_DIR, atomic_write, claim_run_folder
+from peftlab.progress import PlannedStepsProgressBar
 from peftlab.reload import load_run
 
 
@@ -43,7 +49,7 @@ def test_crashed_run_never_looks_finished(tmp_path, monkeypatch, sst2_available)
 
 
 def test_diverged_loss_fails_the_run(tmp_path, sst2_available):
-    with pytest.raises(FloatingPointError, match=r"training loss is (nan|inf) at step [1-7]"):
+    with pytest.raises(TrainingError, match=r"training diverged: the loss is (nan|inf) at step [1-8] of 8; try a lower learning rate \(lr=1e\+29"):
         train_tiny(tmp_path, "peft=full", "lr=1e30", "trainer.warmup_ratio=0")
     assert not (tmp_path / METRICS_FILE).exists()
 
@@ -99,3 +105,74 @@ def test_unreachable_hub_model_is_one_clear_line(tmp_path, sst2_available):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.name_or_path='someorg/not-a-model' could not be loaded: not a local folder")
     assert not (tmp_path / METRICS_FILE).exists()
+
+
+def test_runs_started_together_never_share_a_folder(tmp_path, sst2_available):
+    """Two runs that differ only in lr, started at the same moment, with the default folder pattern
+    (its time has one-second resolution): two finished folders, each with its own lr. The W&B one
+    also shows that a run's stderr carries none of the known library warnings."""
+    runs = {"0.001": ("logger=csv", {}), "0.002": ("logger=wandb", {"WANDB_SILENT": "false"})}
+
+    def start(lr):
+        logger, env = runs[lr]
+        return run_cli(*TINY, "peft=lora", f"lr={lr}", logger, cwd=tmp_path, env=env)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(zip(runs, pool.map(start, runs)))
+    for result in results.values():
+        assert result.returncode == 0, result.stderr[-3000:]
+    folders = sorted(p.parent for p in (tmp_path / "runs").rglob(METRICS_FILE))
+    assert len(folders) == 2 and folders[0].parent == folders[1].parent == tmp_path / "runs/sst2/tiny-bert/lora-r8-s42"
+    assert all(re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{8}", f.name) for f in folders)
+    recorded = {json.loads((f / METRICS_FILE).read_text())["lr"] for f in folders}
+    assert recorded == {0.001, 0.002}
+    for lr, result in results.items():
+        folder = next(f for f in folders if json.loads((f / METRICS_FILE).read_text())["lr"] == float(lr))
+        assert f"lr: {float(lr)}" in (folder / CONFIG_FILE).read_text()
+        # The run ends with its own summary line, naming its folder.
+        last = result.stdout.strip().splitlines()[-1]
+        assert re.fullmatch(
+            r"finished lora on sst2 \(tiny-bert, seed 42\): validation accuracy \d\.\d{4} \(n=32\) \| trainable [\d,]+ of "
+            r"[\d,]+ \(\d+\.\d{3}%\) \| trained in \d+\.\d s \| " + re.escape(str(folder.relative_to(tmp_path))), last
+        ), last
+        for noise in ("is_gradient_checkpointing", "LeafSpec", "anonymous setting", "Loading weights", "logging interval", "Warning", "WARNING"):
+            assert noise not in result.stderr, result.stderr[-3000:]
+
+
+def test_two_runs_told_to_share_a_folder_lose_nothing(tmp_path, sst2_available):
+    """Both name the same hydra.run.dir at once: one trains, the other refuses in one line."""
+    run_dir = tmp_path / "shared"
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda lr: run_cli(*TINY, "peft=lora", f"lr={lr}", f"hydra.run.dir={run_dir}"), ("0.001", "0.002")))
+    assert sorted(r.returncode for r in results) == [0, 2], [r.stderr[-2000:] for r in results]
+    refused = next(r for r in results if r.returncode == 2).stderr.strip().splitlines()[-1]
+    assert "is in use by another run that is still going" in refused or "already holds a finished run" in refused
+    winner = next(r for r in results if r.returncode == 0)
+    lr = json.loads((run_dir / METRICS_FILE).read_text())["lr"]
+    assert f"lr={lr:g}" in " ".join(winner.args) or f"lr={lr}" in " ".join(winner.args)
+
+
+def test_a_live_run_holds_its_folder_until_it_ends(tmp_path):
+    run_dir = tmp_path / "run"
+    with claim_run_folder(run_dir):
+        with pytest.raises(RunFolderError, match="is in use by another run that is still going"):
+            with claim_run_folder(run_dir):
+                pass
+    with claim_run_folder(run_dir):  # free again: a crashed run's folder can be reused
+        pass
+    assert not (run_dir / LOCK_FILE).exists()
+    (run_dir / METRICS_FILE).write_text("{}")
+    with pytest.raises(RunFolderError, match="already holds a finished run"):
+        with claim_run_folder(run_dir):
+            pass
+
+
+@pytest.mark.parametrize(
+    "epoch_batches,max_steps,accumulate,global_step,total",
+    [(2105, 500, 1, 0, 500), (2105, -1, 1, 0, 2105), (63, 100, 1, 63, 37), (2105, 100, 4, 0, 400), (10, 500, 1, 0, 10)],
+)
+def test_progress_bar_counts_the_planned_batches(epoch_batches, max_steps, accumulate, global_step, total):
+    bar = PlannedStepsProgressBar()
+    trainer = SimpleNamespace(num_training_batches=epoch_batches, max_steps=max_steps, accumulate_grad_batches=accumulate, global_step=global_step)
+    with mock.patch.object(PlannedStepsProgressBar, "trainer", trainer):
+        assert bar.total_train_batches == total

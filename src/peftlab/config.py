@@ -9,7 +9,10 @@ config into typed objects: the top level is checked by Hydra against `Config`; t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import importlib
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -35,7 +38,9 @@ class ModelConfig:
     targets: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if (self.name_or_path is None) == (self.random_init is None):
+        if self.name_or_path is None and self.random_init is None:
+            raise ConfigError("model.name_or_path: a value is required here (a hub id such as org/name, or a local folder)")
+        if self.name_or_path is not None and self.random_init is not None:
             raise ConfigError("model: set exactly one of model.name_or_path (pretrained) and model.random_init")
         path = self.name_or_path
         if path and (path.startswith(PATH_PREFIXES) or path.count("/") > 1 or Path(path).exists()):
@@ -74,6 +79,12 @@ class TrainerConfig:
 
     def __post_init__(self) -> None:
         require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        d = self.devices
+        require(
+            d == "auto" or (isinstance(d, int) and not isinstance(d, bool) and (d >= 1 or d == -1))
+            or (isinstance(d, (list, tuple)) and len(d) > 0 and all(isinstance(i, int) and i >= 0 for i in d)),
+            "trainer.devices", d, "allowed: an integer >= 1 (processes on CPU, GPUs on GPU), -1 for all, auto, or a list of GPU indices",
+        )
         require_choice("trainer.precision", self.precision, PRECISIONS)
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
@@ -132,9 +143,19 @@ def package_model_dir(package: str) -> str:
     return str(module.get_model_path())
 
 
+@functools.cache
+def run_id() -> str:
+    """Resolver `${run_id:}`: a short random id, one per process, that makes run folders unique.
+    Runs started in the same second (a shell loop with &, a job array) would otherwise share
+    `<time>/` and overwrite each other; Lightning's DDP ranks get the resolved folder from rank 0."""
+    return secrets.token_hex(4)
+
+
 def register() -> None:
     """Make the schema and resolvers known to Hydra (idempotent)."""
     ConfigStore.instance().store(name="peftlab_schema", node=Config)
+    if not OmegaConf.has_resolver("run_id"):
+        OmegaConf.register_new_resolver("run_id", run_id)
     if not OmegaConf.has_resolver("package_model_dir"):
         OmegaConf.register_new_resolver("package_model_dir", package_model_dir)
     if not OmegaConf.has_resolver("basename"):  # a short model label from a hub id or folder
@@ -148,6 +169,7 @@ def validate(cfg: DictConfig) -> Config:
 
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
+    refuse_unknown_keys(cfg)
     for section, registry, key in (("peft", METHODS, "method"), ("task", TASKS, "task")):
         name = OmegaConf.select(cfg, f"{section}.{key}")
         schema = registry.get(name, f"{section}.{key}").config_class
@@ -156,6 +178,21 @@ def validate(cfg: DictConfig) -> Config:
         cfg[section] = typed
     with config_errors():
         return OmegaConf.to_object(cfg)
+
+
+def refuse_unknown_keys(cfg: DictConfig) -> None:
+    """Hydra's `+key=value` adds keys the schema does not have; they would be ignored silently.
+    (`peft` and `task` are checked against their own dataclass when they are typed.)"""
+    sections = {"": Config, "model": ModelConfig, "trainer": TrainerConfig, "logger": LoggerConfig}
+    for section, schema in sections.items():
+        node = cfg if not section else OmegaConf.select(cfg, section)
+        if not isinstance(node, DictConfig):
+            continue
+        allowed = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in allowed and key != "hydra":
+                full = f"{section}.{key}" if section else str(key)
+                raise ConfigError(f"{full}: unknown config key; allowed: {', '.join(allowed)}")
 
 
 @contextlib.contextmanager
@@ -180,6 +217,8 @@ def describe_omegaconf_error(err: Exception, prefix: str = "") -> str:
         return f"{key or message}: unknown config key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     if type(err).__name__ == "MissingMandatoryValue":
         return f"{key}: a value is required here"
+    if "is not a ListConfig, list or tuple" in message:
+        return f"{key}: a list is expected here, e.g. {key}=[a,b]"
     return f"{key}: {message}" if key else message
 
 

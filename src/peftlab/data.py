@@ -16,6 +16,7 @@ from typing import Iterator
 import lightning as L
 from torch.utils.data import DataLoader, Sampler
 
+from peftlab.budget import batches_per_epoch
 from peftlab.tasks import Task
 
 POOL_BATCHES = 50  # batches per length-sorted pool
@@ -31,7 +32,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         self.passes = 0
 
     def __len__(self) -> int:
-        return math.ceil(math.ceil(len(self.lengths) / self.world) / self.batch_size)
+        return batches_per_epoch(len(self.lengths), self.batch_size, self.world)
 
     def __iter__(self) -> Iterator[list[int]]:
         rng = random.Random(self.seed * 100_003 + self.passes)
@@ -54,11 +55,6 @@ def eval_batches(lengths: list[int], batch_size: int, rank: int = 0, world: int 
     """Length-sorted batches of this rank's share; no example is repeated or dropped across ranks."""
     mine = sorted(range(len(lengths)), key=lengths.__getitem__)[rank::world]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-
-
-def steps_per_epoch(n_examples: int, batch_size: int, world: int, accumulate: int) -> int:
-    batches = math.ceil(math.ceil(n_examples / world) / batch_size)
-    return math.ceil(batches / accumulate)
 
 
 class TaskDataModule(L.LightningDataModule):

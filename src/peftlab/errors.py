@@ -17,6 +17,14 @@ class ModelError(PeftlabError):
     """A model could not be found or loaded."""
 
 
+class TrainingError(PeftlabError):
+    """Training went wrong in a way a setting can fix (the loss diverged, say)."""
+
+
+class RunFolderError(PeftlabError):
+    """The run folder holds a finished run, or another run is writing into it."""
+
+
 def require(ok: bool, key: str, value: object, rule: str) -> None:
     """Raise the standard one-line range error unless `ok`."""
     if not ok:
@@ -27,3 +35,9 @@ def require_choice(key: str, value: object, allowed: tuple) -> None:
     """Raise the standard one-line error unless `value` is one of `allowed`."""
     if value not in allowed:
         raise ConfigError(f"{key}={value} is not an option; allowed: {', '.join(map(str, allowed))}")
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a library's message, for wrapping it in one of ours."""
+    text = str(err).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(err).__name__

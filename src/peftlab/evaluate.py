@@ -46,6 +46,9 @@ def parse_args(argv: list[str]) -> tuple[Path, dict[str, Any]]:
 
 def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     """Scores of the run's saved weights on `split`, with what training recorded for comparison."""
+    from peftlab.reload import load_run_config
+
+    load_run_config(run_dir)  # a folder that is not a finished run fails before torch loads
     import torch
     from torch.utils.data import DataLoader
     from torchmetrics import MeanMetric

@@ -18,7 +18,7 @@ def build_loggers(cfg: Config, run_dir: Path, resolved: dict) -> list[Logger]:
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
     if cfg.logger.mode != "disabled":
         loggers.append(
-            WandbLogger(
+            QuietWandbLogger(
                 project=cfg.logger.project,
                 entity=cfg.logger.entity,
                 group=cfg.logger.group,
@@ -30,6 +30,16 @@ def build_loggers(cfg: Config, run_dir: Path, resolved: dict) -> list[Logger]:
             )
         )
     return loggers
+
+
+class QuietWandbLogger(WandbLogger):
+    """Lightning's WandbLogger always passes `anonymous` to wandb.init, and W&B warns on every run
+    that the setting does nothing; leaving it out is what W&B asks for."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        if self._wandb_init.get("anonymous") is None:
+            self._wandb_init.pop("anonymous", None)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peftlab.config import ModelConfig
-from peftlab.errors import ModelError
+from peftlab.errors import ModelError, first_line
 from peftlab.tasks import Task
 
 # Top-level modules that form a transformers task head; they always train. `pooler` is absent on
@@ -43,7 +43,7 @@ def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
     except OSError as err:
         raise ModelError(
             f"{key}={name_or_path!r} could not be loaded: not a local folder, and neither the Hugging Face Hub "
-            f"nor its local cache has it ({_first_line(err)})"
+            f"nor its local cache has it ({first_line(err)})"
         ) from None
 
 
@@ -62,7 +62,3 @@ def count_parameters(model) -> dict[str, float]:
         total += param.numel()
         trainable += param.numel() if param.requires_grad else 0
     return {"trainable": trainable, "total": total, "trainable_percent": 100.0 * trainable / total}
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

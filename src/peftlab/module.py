@@ -7,6 +7,7 @@ import torch
 from torchmetrics import MeanMetric
 
 from peftlab.config import TrainerConfig
+from peftlab.errors import TrainingError
 from peftlab.methods import Method
 from peftlab.tasks import Task
 
@@ -28,7 +29,7 @@ class PeftModule(L.LightningModule):
         # regulariser) are included as the library defines them.
         loss = self.model(**batch).loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss.item()} at step {self.global_step}")
+            raise TrainingError(diverged(loss.item(), self.global_step + 1, self.total_steps, self.lr, self.trainer_cfg))
         self.train_samples += len(batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
         return loss
@@ -64,3 +65,15 @@ class PeftModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Gradients are zeroed only when the next step starts, so they are still here.
         self.method.after_optimizer_step(self.model, self.global_step)
+
+
+def diverged(loss: float, step: int, total_steps: int, lr: float, t: TrainerConfig) -> str:
+    """The divergence message: where it happened and the settings that usually cure it."""
+    tries = [f"a lower learning rate (lr={lr / 10:g}; it is {lr:g})"]
+    if t.gradient_clip_val is None:
+        tries.append("gradient clipping (trainer.gradient_clip_val=1.0)")
+    if t.precision != "32-true":
+        tries.append(f"full precision (trainer.precision=32-true; it is {t.precision})")
+    if t.warmup_ratio == 0:
+        tries.append("a warm-up (trainer.warmup_ratio=0.06)")
+    return f"training diverged: the loss is {loss} at step {step} of {total_steps}; try " + ", or ".join(tries)

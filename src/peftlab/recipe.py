@@ -6,9 +6,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,18 +16,28 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab import __version__
-from peftlab.config import Config
-from peftlab.data import TaskDataModule, steps_per_epoch
+from peftlab.budget import batches_per_epoch, check_val_check_interval, planned_steps
+from peftlab.config import Config, TrainerConfig
+from peftlab.data import TaskDataModule
+from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
 from peftlab.models import count_parameters, head_names, load_model, load_tokenizer
 from peftlab.module import PeftModule
-from peftlab.outputs import WEIGHTS_DIR, folder_bytes, start_run_folder, write_metrics
+from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_metrics
+from peftlab.progress import PlannedStepsProgressBar
+from peftlab.quiet import quiet_libraries
 from peftlab.tasks import TASKS
+
+LOG_EVERY_N_STEPS = 10
+# Set by the launchers Lightning reads a multi-node run's ranks from (its own, torchrun, SLURM, LSF, MPI).
+MULTI_NODE_ENV = {"NODE_RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "LSB_JOBID", "OMPI_COMM_WORLD_SIZE"}
 
 
 @dataclass
@@ -41,104 +51,129 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
-    _quiet_libraries()
-
-    # Data first: a missing file or a bad label fails before the model loads.
-    task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
-    with status(cfg, f"Reading and tokenizing {cfg.task.name}"):
-        tokenizer = load_tokenizer(cfg.model)
-        data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
-        data.setup("fit")
-
+    quiet_libraries()
+    check_devices(cfg.trainer)
     trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(raw, resolve=True), list(callbacks))
-    total_steps = planned_steps(cfg, len(data.splits["train"]), trainer.world_size)
 
-    method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
-    with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
-        model = load_model(cfg.model, task)
-        model = method.apply(model, head=head_names(model), total_steps=total_steps)
-    model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
-    params = count_parameters(model)
-    module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps)
+    # Rank 0 owns the folder (Lightning's DDP ranks rerun this command and share it).
+    with claim_run_folder(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+        # Data first: a missing file or a bad label fails before the model loads.
+        task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
+        with status(cfg, f"Reading and tokenizing {cfg.task.name}"):
+            tokenizer = load_tokenizer(cfg.model)
+            data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
+            data.setup("fit")
+        n_train = len(data.splits["train"])
+        check_val_check_interval(cfg.trainer, n_train, trainer.world_size)
+        total_steps = planned_steps(cfg.trainer, n_train, trainer.world_size)
+        # An epoch shorter than the logging interval would log no training loss (and Lightning warns).
+        trainer.log_every_n_steps = min(LOG_EVERY_N_STEPS, batches_per_epoch(n_train, cfg.trainer.batch_size, trainer.world_size))
 
-    if trainer.is_global_zero:
-        start_run_folder(run_dir, raw)
-    with finish_loggers(trainer) as summary:
-        _reset_peak_memory()
-        start = time.perf_counter()
-        trainer.fit(module, datamodule=data)
-        train_time = time.perf_counter() - start
-        samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
+        method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
+        with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
+            model = load_model(cfg.model, task)
+            method.check(model)  # ranges that depend on the model: its layers' sizes and names
+            model = method.apply(model, head=head_names(model), total_steps=total_steps)
+        model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
+        params = count_parameters(model)
+        module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps)
 
-        # Score the final weights, unless the last validation already did.
-        if module.last_eval is None or module.last_eval[0] != trainer.global_step:
-            trainer.validate(module, datamodule=data, verbose=False)
-        if not trainer.is_global_zero:
-            return TrainedRun({}, module.model)
+        if trainer.is_global_zero:
+            start_run_folder(run_dir, raw)
+        with finish_loggers(trainer) as summary:
+            _reset_peak_memory()
+            start = time.perf_counter()
+            trainer.fit(module, datamodule=data)
+            train_time = time.perf_counter() - start
+            samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
 
-        method.save(module.model, run_dir / WEIGHTS_DIR)
-        summary.update(
-            status="finished",
-            model=cfg.model.name,
-            method=cfg.peft.name,
-            task=cfg.task.name,
-            seed=cfg.seed,
-            rank=cfg.rank,
-            alpha=cfg.alpha,
-            lr=cfg.lr,
-            main_metric=task.main_metric,
-            eval={"split": "validation", "n": len(data.splits["validation"]), **module.last_eval[1]},
-            params=params,
-            train={
-                "steps": trainer.global_step,
-                "planned_steps": total_steps,
-                "samples": samples,
-                "time_s": round(train_time, 3),
-                "samples_per_s": round(samples / train_time, 2),
-                "devices": trainer.world_size,
-                "precision": cfg.trainer.precision,
-            },
-            memory=_peak_memory(trainer),
-            weights={"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},
-            versions=_versions(),
-        )
-        write_metrics(run_dir, summary)  # last: its presence marks a finished run
+            # Score the final weights, unless the last validation already did.
+            if module.last_eval is None or module.last_eval[0] != trainer.global_step:
+                trainer.validate(module, datamodule=data, verbose=False)
+            if not trainer.is_global_zero:
+                return TrainedRun({}, module.model)
+
+            method.save(module.model, run_dir / WEIGHTS_DIR)
+            summary.update(
+                status="finished",
+                model=cfg.model.name,
+                method=cfg.peft.name,
+                task=cfg.task.name,
+                seed=cfg.seed,
+                rank=cfg.rank,
+                alpha=cfg.alpha,
+                lr=cfg.lr,
+                main_metric=task.main_metric,
+                eval={"split": "validation", "n": len(data.splits["validation"]), **module.last_eval[1]},
+                params=params,
+                train={
+                    "steps": trainer.global_step,
+                    "planned_steps": total_steps,
+                    "samples": samples,
+                    "time_s": round(train_time, 3),
+                    "samples_per_s": round(samples / train_time, 2),
+                    "devices": trainer.world_size,
+                    "precision": cfg.trainer.precision,
+                },
+                memory=_peak_memory(trainer),
+                weights={"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},
+                versions=_versions(),
+            )
+            write_metrics(run_dir, summary)  # last: its presence marks a finished run
     return TrainedRun(summary, module.model)
 
 
-def planned_steps(cfg: Config, n_train: int, world: int) -> int:
-    """Optimizer steps the run will take; AdaLoRA's schedule and the LR decay are sized by it."""
-    per_epoch = steps_per_epoch(n_train, cfg.trainer.batch_size, world, cfg.trainer.accumulate_grad_batches)
-    steps = per_epoch * cfg.trainer.max_epochs
-    return min(steps, cfg.trainer.max_steps) if cfg.trainer.max_steps > 0 else steps
+def check_devices(t: TrainerConfig) -> None:
+    """A GPU asked for on a machine without one: one line, instead of Lightning's stack of frames."""
+    if t.accelerator in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ConfigError(
+                f"trainer.accelerator={t.accelerator}, but torch {torch.__version__} ({build}) sees no CUDA GPU "
+                "on this machine; allowed here: trainer=cpu or trainer=ddp (CPU processes)"
+            )
+        if isinstance(t.devices, int) and t.devices > torch.cuda.device_count():
+            raise ConfigError(
+                f"trainer.devices={t.devices} is out of range; this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
+    if t.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("trainer.accelerator=mps, but this machine has no Apple GPU; allowed here: trainer=cpu")
+    if t.num_nodes > 1 and not MULTI_NODE_ENV.intersection(os.environ):
+        # Otherwise rank 0 waits forever for nodes that were never started.
+        raise ConfigError(
+            f"trainer.num_nodes={t.num_nodes}, but this process was not started as one node of several; run the same "
+            "command on every node with MASTER_ADDR, MASTER_PORT and NODE_RANK set, or start it with torchrun or "
+            "SLURM's srun; allowed on one machine: trainer.num_nodes=1"
+        )
 
 
 def build_trainer(cfg: Config, run_dir: Path, resolved: dict, callbacks: list[Callback]) -> L.Trainer:
-    from lightning.pytorch.callbacks import RichProgressBar
-
     t = cfg.trainer
-    return L.Trainer(
-        accelerator=t.accelerator,
-        devices=t.devices,
-        strategy=t.strategy,
-        num_nodes=t.num_nodes,
-        precision=t.precision,
-        max_epochs=t.max_epochs,
-        max_steps=t.max_steps,
-        val_check_interval=t.val_check_interval,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic,
-        logger=build_loggers(cfg, run_dir, resolved),
-        callbacks=callbacks + ([RichProgressBar()] if t.progress_bar else []),
-        enable_progress_bar=t.progress_bar,
-        enable_checkpointing=False,  # the run folder keeps the trained weights in the method's own format
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        use_distributed_sampler=False,  # data.py builds samplers that score every example once
-        default_root_dir=str(run_dir),
-        log_every_n_steps=10,
-    )
+    try:
+        return L.Trainer(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            strategy=t.strategy,
+            num_nodes=t.num_nodes,
+            precision=t.precision,
+            max_epochs=t.max_epochs,
+            max_steps=t.max_steps,
+            val_check_interval=t.val_check_interval,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            gradient_clip_val=t.gradient_clip_val,
+            deterministic=t.deterministic,
+            logger=build_loggers(cfg, run_dir, resolved),
+            callbacks=callbacks + ([PlannedStepsProgressBar()] if t.progress_bar else []),
+            enable_progress_bar=t.progress_bar,
+            enable_checkpointing=False,  # the run folder keeps the trained weights in the method's own format
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # data.py builds samplers that score every example once
+            default_root_dir=str(run_dir),
+            log_every_n_steps=LOG_EVERY_N_STEPS,
+        )
+    except (MisconfigurationException, ValueError) as err:  # Lightning's own refusal of a trainer setting
+        raise ConfigError(f"trainer: {first_line(err)}") from None
 
 
 def status(cfg: Config, message: str):
@@ -182,18 +217,3 @@ def _versions() -> dict[str, str]:
         "peft": peft.__version__,
         "lightning": lightning.__version__,
     }
-
-
-def _quiet_libraries() -> None:
-    """The expected 'newly initialized classifier' notice and Lightning's tips are not news."""
-    import logging
-
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    if not sys.warnoptions:
-        import warnings
-
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")

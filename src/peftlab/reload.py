@@ -4,25 +4,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 
 from peftlab.config import Config, validate
-from peftlab.errors import DataError
+from peftlab.errors import DataError, first_line
 from peftlab.methods import METHODS
 from peftlab.models import load_model
-from peftlab.outputs import CONFIG_FILE, METRICS_FILE, WEIGHTS_DIR
+from peftlab.outputs import CONFIG_FILE, METRICS_FILE, WEIGHTS_DIR, read_metrics
+from peftlab.quiet import quiet_libraries
 from peftlab.tasks import TASKS
 
 
 def load_run_config(run_dir: Path) -> Config:
+    """The config a finished run trained with; one DataError line for a folder that is not one."""
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder")
     if not (run_dir / METRICS_FILE).is_file():
         raise DataError(f"{run_dir} is not a finished run (no {METRICS_FILE})")
-    return validate(OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(run_dir / CONFIG_FILE)))
+    read_metrics(run_dir)  # a run record, not any JSON file
+    if not (run_dir / WEIGHTS_DIR).is_dir():
+        raise DataError(f"{run_dir / WEIGHTS_DIR}: no saved weights in this run folder (copied without them?)")
+    try:
+        saved = OmegaConf.load(run_dir / CONFIG_FILE)
+    except (OSError, yaml.YAMLError) as err:
+        raise DataError(f"{run_dir / CONFIG_FILE} is not a readable run config ({first_line(err)})") from None
+    return validate(OmegaConf.merge(OmegaConf.structured(Config), saved))
 
 
 def load_run(run_dir: Path):
     """(config, task, model in eval mode) for a finished run folder."""
     cfg = load_run_config(run_dir)
+    quiet_libraries()
     task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
     base = load_model(cfg.model, task)
     model = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).load(base, run_dir / WEIGHTS_DIR)

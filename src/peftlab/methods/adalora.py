@@ -79,5 +79,8 @@ class AdaLora(PeftLibraryMethod):
             modules_to_save=head or None,
         )
 
+    def ranks(self):
+        return {"peft.init_r": self.cfg.init_r}  # every matrix starts at init_r >= target_r
+
     def after_optimizer_step(self, model, step):
         model.base_model.update_and_allocate(step)

@@ -8,8 +8,9 @@ from typing import Optional
 
 from omegaconf import II
 
-from peftlab.errors import require, require_choice
+from peftlab.errors import ConfigError, require, require_choice
 from peftlab.methods.base import METHODS, Method, MethodConfig, freeze_all_but
+from peftlab.methods.targets import layer_suffixes, model_label
 
 VARIANTS = ("houlsby", "pfeiffer")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
@@ -43,15 +44,30 @@ class Adapter(Method):
             return max(1, hidden_size // self.cfg.reduction_factor)
         return self.cfg.bottleneck_dim
 
+    def check(self, model):
+        width = model.config.hidden_size
+        dim = self.bottleneck_dim(width)
+        if dim > width:
+            raise ConfigError(
+                f"peft.bottleneck_dim={dim} is out of range for {model_label(model)}; allowed: 1 to {width}, "
+                "its hidden size (a bottleneck is narrower than the layer it adapts)"
+            )
+
     def apply(self, model, head, total_steps):
         from peftlab.nn.bottleneck import insert_bottleneck_adapters
 
-        adapted = insert_bottleneck_adapters(
-            model,
-            attention_output=self.cfg.attention_output if self.cfg.variant == "houlsby" else None,
-            ffn_output=self.cfg.ffn_output,
-            bottleneck_dim=self.bottleneck_dim(model.config.hidden_size),
-            activation=self.cfg.activation,
-        )
+        try:
+            adapted = insert_bottleneck_adapters(
+                model,
+                attention_output=self.cfg.attention_output if self.cfg.variant == "houlsby" else None,
+                ffn_output=self.cfg.ffn_output,
+                bottleneck_dim=self.bottleneck_dim(model.config.hidden_size),
+                activation=self.cfg.activation,
+            )
+        except LookupError as err:
+            raise ConfigError(
+                f"peft.attention_output / peft.ffn_output: {err}; allowed: names its layers end in: "
+                f"{', '.join(layer_suffixes(model))}"
+            ) from None
         freeze_all_but(model, [f"{name}.adapter" for name in adapted] + head)
         return model

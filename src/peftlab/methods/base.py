@@ -42,6 +42,10 @@ class Method:
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
 
+    def check(self, model: nn.Module) -> None:
+        """Raise ConfigError for settings this model cannot take (a rank above its layers' size, a
+        target that matches nothing); called before `apply`, once the model is known."""
+
     def apply(self, model: nn.Module, head: list[str], total_steps: int) -> nn.Module:
         """Freeze what stays frozen, add what trains; `head` names the task head, which always trains."""
         raise NotImplementedError

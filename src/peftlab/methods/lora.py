@@ -39,3 +39,6 @@ class Lora(PeftLibraryMethod):
             target_modules=list(self.cfg.target_modules),
             modules_to_save=head or None,
         )
+
+    def ranks(self):
+        return {"peft.r": self.cfg.r}

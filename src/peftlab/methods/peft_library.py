@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from peftlab.errors import ConfigError
+from peftlab.errors import ConfigError, first_line
 from peftlab.methods.base import METHODS, Method, MethodConfig
+from peftlab.methods.targets import adapted_layers, check_rank
 
 
 class PeftLibraryMethod(Method):
@@ -22,11 +23,31 @@ class PeftLibraryMethod(Method):
     def peft_config(self, head: list[str], total_steps: int):
         raise NotImplementedError
 
+    def target_modules(self) -> tuple[str, Optional[list[str]]]:
+        """(config key, the module names it targets); None when peft picks them (a regex, say)."""
+        targets = getattr(self.cfg, "target_modules", None)
+        return "peft.target_modules", list(targets) if isinstance(targets, (list, tuple)) else None
+
+    def ranks(self) -> dict[str, int]:
+        """{config key: rank} of the low-rank factors this method builds, for the size check."""
+        return {}
+
+    def check(self, model) -> None:
+        key, targets = self.target_modules()
+        if targets is None:
+            return
+        layers = adapted_layers(model, list(targets), key)
+        for rank_key, rank in self.ranks().items():
+            check_rank(model, layers, rank_key, rank)
+
     def apply(self, model, head, total_steps):
         from peft import get_peft_model
 
         # modules_to_save keeps the task head trainable and stores it with the adapter.
-        return get_peft_model(model, self.peft_config(head, total_steps))
+        try:
+            return get_peft_model(model, self.peft_config(head, total_steps))
+        except ValueError as err:  # peft's own checks of the config against the model
+            raise ConfigError(f"peft cannot apply {self.cfg.name} to this model: {first_line(err)}") from None
 
     def save(self, model, folder: Path) -> None:
         model.save_pretrained(str(folder))
@@ -59,4 +80,12 @@ class PeftByName(PeftLibraryMethod):
         try:
             return config_class(**self.cfg.options, modules_to_save=head or None)
         except (TypeError, ValueError) as err:
-            raise ConfigError(f"peft.options for {self.cfg.peft_config}: {err}") from None
+            raise ConfigError(f"peft.options for {self.cfg.peft_config}: {first_line(err)}") from None
+
+    def target_modules(self):
+        targets = self.cfg.options.get("target_modules")
+        return "peft.options.target_modules", list(targets) if isinstance(targets, (list, tuple)) else None
+
+    def ranks(self):
+        rank = self.cfg.options.get("r")
+        return {"peft.options.r": rank} if isinstance(rank, int) else {}

@@ -86,7 +86,7 @@ def insert_bottleneck_adapters(
     # named_modules() order is model order, which is what callers expect back.
     targets = [(name, linear) for name, linear in linears.items() if name in attention | ffn]
     if not targets:
-        raise ValueError(
+        raise LookupError(
             f"no nn.Linear matched attention_output={attention_output!r} "
             f"or ffn_output={ffn_output!r}"
         )

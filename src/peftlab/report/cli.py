@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from peftlab.cli import OneLineParser
 from peftlab.errors import ConfigError, DataError, PeftlabError
 from peftlab.outputs import atomic_write
 from peftlab.report import render
@@ -16,11 +17,6 @@ from peftlab.report.runs import check_same_split, collect, grid_folders, group_r
 from peftlab.report.table import Table, build_table
 
 OUTPUT_FILES = ("table.md", "table.tex", "table.csv", "summary.json", "pareto.png", "memory.png")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse's usage block becomes the project's one-line error
-        raise ConfigError(f"{message} (see python -m peftlab.report --help)")
 
 
 def parser() -> argparse.ArgumentParser:

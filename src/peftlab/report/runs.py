@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from peftlab.errors import ConfigError, DataError
 from peftlab.evaluate import eval_file_name
-from peftlab.outputs import METRICS_FILE
+from peftlab.outputs import METRICS_FILE, read_metrics
 
 GROUP_KEYS = ("model", "task")
 
@@ -73,7 +73,7 @@ def collect(folders: list[tuple[Path, Optional[str], Optional[int]]], split: str
 
 
 def read_run(path: Path, split: str, evals_dir: Optional[Path]) -> Run:
-    metrics = _read_json(path / METRICS_FILE)
+    metrics = read_metrics(path)
     if metrics.get("status") != "finished":
         raise DataError(f"{path / METRICS_FILE}: status is {metrics.get('status')!r}, not 'finished'")
     eval_file = (evals_dir / path.name if evals_dir else path) / eval_file_name(split)

@@ -2,8 +2,9 @@
 
 Every parameter must be a key of the config `train.py` composes (a group such as `peft`, a
 top-level key such as `rank`, or a dotted key such as `peft.init_r`), and the extreme values of
-its range must pass `peftlab.config.validate`. Otherwise the sweep would start, and every trial
-would fail the same way. Light: Hydra and omegaconf only, no torch.
+its range must pass `peftlab.config.validate`, and settings that depend on the data size must fit
+the training split (which is read here, without tokenizing). Otherwise the sweep would start, and
+every trial would fail the same way. Light: Hydra and omegaconf only, no torch.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.budget import check_val_check_interval
 from peftlab.cli import compose_config
-from peftlab.config import config_errors, validate
+from peftlab.config import Config, config_errors, validate
 from peftlab.errors import ConfigError
 from peftlab.sweep.spec import FLOAT_VALUED, Param, SweepSpec
 
@@ -47,8 +49,9 @@ def check_against_config(spec: SweepSpec, conf_dir: Path, cli_overrides: list[st
     for p in spec.searched:
         probes += [(p, {**first, p.key: v}) for v in p.extremes()[1:]]
     composed: dict[str, tuple] = {}  # (config, typed) per choice of groups: Hydra composes in ~0.1 s
-    for varied, values in probes:
-        _check_probe(spec, conf_dir, base, groups, varied, values, composed)
+    trials = [_check_probe(spec, conf_dir, base, groups, varied, values, composed) for varied, values in probes]
+    for typed in trials:
+        _check_against_data(spec, typed)
     for _, typed in composed.values():
         # Lightning's DDP starts its other ranks by running the same command line again, which for
         # sweep.py would be a second sweep; W&B's agent (plain train.py runs) has no such problem.
@@ -66,7 +69,7 @@ def override_key(override: str) -> str:
 
 def _check_probe(
     spec: SweepSpec, conf_dir: Path, base: list[str], groups: set[str], varied: Param | None, values: dict[str, Any], composed: dict
-) -> None:
+) -> Config:
     def error(p: Param, message: str) -> ConfigError:
         return ConfigError(f"{spec.path}: parameters.{p.key}: {message}")
 
@@ -95,9 +98,31 @@ def _check_probe(
             if key not in groups:
                 with config_errors():
                     OmegaConf.update(cfg, key, value, merge=False)
-        validate(cfg)
+        return validate(cfg)
     except ConfigError as err:
         raise error(blamed, str(err)) from None
+
+
+def _check_against_data(spec: SweepSpec, typed: Config) -> None:
+    """Settings that fit only some data sizes (a validation every 100 batches of a 63-batch epoch)
+    would fail every trial once its data is read: count the training examples now and refuse."""
+    n_train = _training_examples(typed.task, typed.seed)
+    try:
+        check_val_check_interval(typed.trainer, n_train, world=1)
+    except ConfigError as err:
+        raise ConfigError(f"{spec.path}: {err} (on the sweep's command line, or in the file)") from None
+
+
+_EXAMPLES: dict[str, int] = {}  # training examples per task config: probes share tasks
+
+
+def _training_examples(task_cfg, seed: int) -> int:
+    from peftlab.tasks import TASKS
+
+    key = f"{task_cfg!r} seed={seed}"
+    if key not in _EXAMPLES:
+        _EXAMPLES[key] = len(TASKS.get(task_cfg.task, "task.task")(task_cfg, seed=seed).examples("train"))
+    return _EXAMPLES[key]
 
 
 def _allowed_near(cfg: DictConfig, key: str) -> str:

@@ -34,6 +34,7 @@ from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.quiet import silence_known_warnings
 from peftlab.sweep.spec import SweepSpec, load_spec
 from peftlab.sweep.trial import ERROR_ATTR, run_trial, run_trial_isolated
 
@@ -127,6 +128,7 @@ def open_study(settings: SweepSettings, spec: SweepSpec, storage, seed: Optional
 
 def work(settings: SweepSettings, spec: SweepSpec, worker_index: int) -> optuna.Study:
     """One worker's loop; returns when the study holds N finished trials."""
+    silence_known_warnings()  # Optuna's heartbeat notice: this loop asks, tells and beats itself
     storage = make_storage(settings.storage_url)
     known = len(open_study(settings, spec, storage).get_trials(deepcopy=False))
     # A seed of its own per worker and per resume: the same stream again would repeat the same trials.

@@ -60,6 +60,16 @@ class CsvFiles(TextClassificationTask):
 
 
 def _read_records(path: Path) -> list[dict]:
+    try:
+        return _parse_records(path)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); "
+            "allowed: UTF-8 files (convert it, e.g. iconv -f latin1 -t utf-8 IN > OUT)"
+        ) from None
+
+
+def _parse_records(path: Path) -> list[dict]:
     suffix = path.suffix.lower()
     with path.open(newline="", encoding="utf-8") as f:
         if suffix in (".csv", ".tsv"):

@@ -1,0 +1,285 @@
+"""Bad input, table-driven, across every config group and the four command lines.
+
+Each row is a mistake a user can make. It must end as one line on stderr that starts with "error: "
+and names what is wrong and what is allowed, exit code 2, no traceback, and no folder that looks
+finished (no metrics.json). Add a row whenever a new mistake is caught.
+
+Config rows fail while the config is composed, before torch loads (well under 3 s each). Rows that
+need the data or the model run as real processes too, a few at once, since each spends ~10 s
+importing torch, transformers and Lightning.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import DATA, ROOT, TINY, assert_one_line_error, run_cli, run_command, train_tiny
+
+from peftlab.errors import PeftlabError
+from peftlab.outputs import METRICS_FILE
+
+# (overrides, what the error line says) -- caught before torch loads.
+CONFIG_ROWS = [
+    # top-level shortcuts
+    ("rank=0", "rank=0 is out of range; it must be an integer >= 1"),
+    ("rank=-4", "rank=-4 is out of range"),
+    ("rank=abc", "rank: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("alpha=0", "alpha=0.0 is out of range; it must be > 0"),
+    ("lr=-1", "lr=-1.0 is out of range; it must be > 0"),
+    ("seed=-1", "seed=-1 is out of range; it must be >= 0"),
+    ("foo=1", "foo: unknown config key"),
+    ("+foo=1", "foo: unknown config key; allowed: model, peft, task, trainer, logger, rank"),
+    # model
+    ("model=gpt5", "model=gpt5 is not an option; allowed: hub, minilm, tiny-bert"),
+    ("model.name_or_path=./no/such/model", "model.name_or_path=./no/such/model: no such model folder"),
+    ("+model.foo=1", "model.foo: unknown config key; allowed: name, name_or_path"),
+    ("model=hub", "model.name_or_path: a value is required here"),
+    # peft
+    ("peft=lorra", "peft=lorra is not an option; allowed: adalora, adapter, full"),
+    ("peft=null", "Config group override must be a string or a list"),
+    ("peft.rr=4", "peft.rr: unknown config key"),
+    ("peft.dropout=1.5", "peft.dropout=1.5 is out of range; it must be in [0, 1)"),
+    ("peft.target_modules=[]", "peft.target_modules=[] is out of range; name at least one module"),
+    ("peft.target_modules=query", "peft.target_modules: a list is expected here, e.g. peft.target_modules=[a,b]"),
+    ("peft=adalora rank=8 peft.init_r=4", "peft.init_r=4 is out of range; it must be >= the target rank 8"),
+    ("peft=adapter peft.variant=bogus", "peft.variant=bogus is not an option; allowed: houlsby, pfeiffer"),
+    ("peft=adapter peft.reduction_factor=0", "peft.reduction_factor=0 is out of range; it must be >= 1"),
+    # task
+    ("task=glue9", "task=glue9 is not an option; allowed: csv, sst2"),
+    ("task=csv", "task.train_file: a value is required"),
+    ("task=csv task.train_file=a.txt task.validation_file=b.csv", "task.train_file=a.txt is out of range; allowed formats: .csv"),
+    ("task.max_length=4", "task.max_length=4 is out of range; it must be >= 8"),
+    ("task.max_train_samples=0", "task.max_train_samples=0 is out of range; it must be >= 1 or null"),
+    # trainer
+    ("trainer=tpu", "trainer=tpu is not an option; allowed: cpu, ddp, gpu"),
+    ("trainer.precision=fp8", "trainer.precision=fp8 is not an option; allowed: 32-true, bf16-mixed"),
+    ("trainer.devices=0", "trainer.devices=0 is out of range; allowed: an integer >= 1"),
+    ("trainer.devices=many", "trainer.devices=many is out of range"),
+    ("trainer.batch_size=0", "trainer.batch_size=0 is out of range; it must be >= 1"),
+    ("trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is out of range"),
+    ("trainer.warmup_ratio=1", "trainer.warmup_ratio=1.0 is out of range; it must be in [0, 1)"),
+    ("+trainer.foo=1", "trainer.foo: unknown config key"),
+    # logger
+    ("logger=tensorboard", "logger=tensorboard is not an option; allowed: csv, wandb"),
+    ("logger.mode=sometimes", "logger.mode=sometimes is not an option; allowed: offline, online, disabled"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", CONFIG_ROWS, ids=[row[0] for row in CONFIG_ROWS])
+def test_config_mistakes_are_one_line_fast_and_write_nothing(tmp_path, overrides, message):
+    start = time.perf_counter()
+    result = run_cli(*overrides.split(), cwd=tmp_path)
+    elapsed = time.perf_counter() - start
+    line = assert_one_line_error(result, message)
+    assert result.stderr.strip() == line  # nothing else printed
+    assert elapsed < 3.0, f"config error took {elapsed:.1f}s"
+    assert not any(tmp_path.iterdir()), "a failed config must not leave a run folder"
+
+
+# (id, overrides, what the error line says) -- caught once the data or the model is known.
+# {files} is a folder of broken data files made by the `files` fixture. The rows in PROCESS run as
+# real `python train.py` processes (one of each way an error surfaces: before the trainer, inside
+# Lightning's fit, from the data, from the model); the others in this process, raising the same
+# PeftlabError the command line prints.
+RUNTIME_ROWS = [
+    ("no-gpu", ["trainer=gpu"], "trainer.accelerator=gpu, but torch"),
+    ("lightning-refuses", ["trainer.strategy=bogus"], "trainer: You selected an invalid strategy name"),
+    ("one-node-of-two", ["trainer.num_nodes=2"], "trainer.num_nodes=2, but this process was not started as one node of several"),
+    ("csv-not-utf8", ["task=csv", "task.train_file={files}/latin1.csv", "task.validation_file={files}/latin1.csv"],
+     "latin1.csv is not UTF-8 text (byte 0xe9"),
+    ("csv-missing", ["task=csv", "task.train_file={files}/none.csv", "task.validation_file={files}/none.csv"],
+     "task.train_file {files}/none.csv does not exist"),
+    ("data-not-pulled", ["data_dir={files}/empty"], "SST-2 train file {files}/empty/glue/SST-2/train.tsv does not exist"),
+    ("val-check-interval", ["trainer.val_check_interval=1000"],
+     "trainer.val_check_interval=1000 is more than the 8 training batches per epoch (64 examples at trainer.batch_size=8)"),
+    ("lora-targets-nothing", ["peft.target_modules=[qkv_proj]"],
+     "peft.target_modules: 'qkv_proj' matches no module of this bert model; allowed: names its adaptable layers end in:"),
+    ("lora-target-typo", ["peft.target_modules=[query,vlaue]"], "'vlaue' matches no module of this bert model"),
+    ("lora-rank-above-width", ["rank=4096"],
+     "peft.r=4096 is out of range for this bert model; allowed: 1 to 32, the smallest dimension of the layers it adapts"),
+    ("adalora-init-r-above-width", ["peft=adalora", "rank=30"], "peft.init_r=45 is out of range for this bert model; allowed: 1 to 32"),
+    ("adalora-no-budget-phase", ["peft=adalora", "peft.tinit=4", "peft.tfinal=4"], "peft.tinit=4 + peft.tfinal=4 leave no budgeting phase in 8"),
+    ("adapter-wider-than-model", ["peft=adapter", "rank=64"], "peft.bottleneck_dim=64 is out of range for this bert model; allowed: 1 to 32"),
+    ("adapter-names-nothing", ["peft=adapter", "peft.ffn_output=mlp.fc2", "peft.attention_output=attn.out"],
+     "peft.attention_output / peft.ffn_output: no nn.Linear matched"),
+    ("loha-rank-above-width", ["peft=loha", "rank=64"], "peft.options.r=64 is out of range for this bert model"),
+    ("ia3-targets-nothing", ["peft=ia3", "peft.options.target_modules=[key,fc1]", "peft.options.feedforward_modules=[fc1]"],
+     "peft.options.target_modules: 'fc1' matches no module"),
+    ("ia3-options-peft-refuses", ["peft=ia3", "peft.options.feedforward_modules=[query]"],
+     "peft.options for IA3Config: `feedforward_modules` should be a subset of `target_modules`"),
+    ("peft-config-class", ["peft=ia3", "peft.peft_config=IA4Config"], "peft.peft_config='IA4Config' is not a config class of peft"),
+    ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
+    ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
+]
+PROCESS = {"no-gpu", "one-node-of-two", "csv-not-utf8", "val-check-interval", "lora-targets-nothing", "diverges"}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("files")
+    (folder / "latin1.csv").write_bytes("text,label\ncafé,1\nthé,0\n".encode("latin-1"))
+    (folder / "empty").mkdir()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def process_results(tmp_path_factory, files, sst2_available) -> dict:
+    """The PROCESS rows as real `python train.py` processes, two at a time (this machine has 2 cores)."""
+    root = tmp_path_factory.mktemp("runtime")
+
+    def run(row):
+        name, overrides, _ = row
+        args = [*TINY, *(o.format(files=files) for o in overrides), f"hydra.run.dir={root / name}"]
+        return name, run_cli(*args, cwd=root, timeout=300)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return {name: (result, root / name) for name, result in pool.map(run, [r for r in RUNTIME_ROWS if r[0] in PROCESS])}
+
+
+@pytest.mark.parametrize("name,overrides,message", RUNTIME_ROWS, ids=[row[0] for row in RUNTIME_ROWS])
+def test_runtime_mistakes_are_one_line_and_leave_no_finished_folder(request, tmp_path, files, name, overrides, message):
+    message = message.format(files=files)
+    if name in PROCESS:
+        result, run_dir = request.getfixturevalue("process_results")[name]
+        assert_one_line_error(result, message)
+    else:
+        run_dir = tmp_path / "run"
+        with pytest.raises(PeftlabError) as caught:
+            train_tiny(run_dir, *(o.format(files=files) for o in overrides))
+        assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (run_dir / METRICS_FILE).exists()
+
+
+# -- the folder of a finished run ---------------------------------------------------------------
+
+
+def test_a_finished_run_folder_is_never_overwritten(tmp_path):
+    run_dir = tmp_path / "done"
+    run_dir.mkdir()
+    (run_dir / METRICS_FILE).write_text('{"status": "finished"}\n')
+    result = run_cli("model=tiny-bert", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert_one_line_error(result, f"{run_dir} already holds a finished run (metrics.json); choose another folder")
+    assert sorted(p.name for p in run_dir.iterdir()) == [METRICS_FILE]  # Hydra wrote nothing into it
+    assert (run_dir / METRICS_FILE).read_text() == '{"status": "finished"}\n'
+
+
+# -- sweep.py, peftlab.evaluate and peftlab.report ------------------------------------------------
+
+SWEEP_HEADER = "program: train.py\ncommand:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - ${args_no_hyphens}\n"
+# (arguments, what the error line says); {tmp} is the test's folder, where sweep files are written.
+SWEEP_ROWS = [
+    (["sweeps/lora.yaml", "model=tiny-bert", "task.max_train_samples=2000"],
+     "sweeps/lora.yaml: trainer.val_check_interval=100 is more than the 63 training batches per epoch (2000 examples"),
+    (["sweeps/lora.yaml", "rank=4"], "parameters.rank: rank is searched by this sweep; remove rank=... from the command line"),
+    (["sweeps/lora.yaml", "peft=lorra"], "peft=lorra is not an option"),
+    (["sweeps/nothing.yaml"], "sweeps/nothing.yaml: no such sweep file"),
+    (["sweeps/lora.yaml", "--trials", "0"], "--trials=0 is out of range; it must be an integer >= 1"),
+    (["sweeps/lora.yaml", "--trials", "many"], "argument --trials: invalid int value: 'many'"),
+    (["sweeps/lora.yaml", "--bogus"], "unrecognized arguments: --bogus"),
+    (["sweeps/lora.yaml", "+foo=1"], "foo: unknown config key"),
+    (["sweeps/lora.yaml", "--storage", "bogus://x"], "--storage bogus://x: Can't load plugin: sqlalchemy.dialects:bogus; allowed:"),
+    (["sweeps/lora.yaml", "--out", "{tmp}/not-yaml.yaml"], "not-yaml.yaml is a file; allowed: a folder"),
+    ([], "the following arguments are required: sweep_file"),
+    (["{tmp}/bad-metric.yaml"], "metric.name=accuracy is not logged by train.py"),
+    (["{tmp}/bad-key.yaml"], "parameters.peft.rr: peft.rr is not a key of the composed config"),
+    (["{tmp}/bad-range.yaml"], "parameters.lr: min=0.1 > max=0.001; min must be <= max"),
+    (["{tmp}/not-yaml.yaml"], "not valid YAML"),
+]
+SWEEP_FILES = {
+    "bad-metric.yaml": "method: random\nmetric: {name: accuracy, goal: maximize}\nparameters:\n  rank: {values: [4, 8]}\n",
+    "bad-key.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  peft.rr: {values: [4, 8]}\n",
+    "bad-range.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  lr: {distribution: log_uniform_values, min: 0.1, max: 0.001}\n",
+    "not-yaml.yaml": "method: [random\n",
+}
+
+
+@pytest.mark.parametrize("args,message", SWEEP_ROWS, ids=[" ".join(row[0]) or "no-args" for row in SWEEP_ROWS])
+def test_sweep_mistakes_are_one_line_before_any_trial(tmp_path, args, message):
+    for name, body in SWEEP_FILES.items():
+        (tmp_path / name).write_text(SWEEP_HEADER + body)
+    out = tmp_path / "sweeps"
+    argv = [str(ROOT / "sweep.py"), *(a.format(tmp=tmp_path) for a in args), f"data_dir={DATA}"]
+    argv += [] if "--out" in args else ["--out", str(out)]
+    if not args:
+        argv = [str(ROOT / "sweep.py")]
+    result = run_command(argv, cwd=ROOT, timeout=60)
+    assert_one_line_error(result, message.format(tmp=tmp_path))
+    assert not out.exists() or not list(out.rglob(METRICS_FILE))
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, sst2_available) -> Path:
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train_tiny(run_dir, "peft=lora", "rank=4")
+    return run_dir
+
+
+def broken_copy(run: Path, where: Path, how: str) -> Path:
+    """A copy of a finished run folder with one part broken as a user's disk might break it."""
+    copy = where / how
+    shutil.copytree(run, copy)
+    if how == "no-weights":
+        shutil.rmtree(copy / "weights")
+    elif how == "truncated-metrics":
+        (copy / METRICS_FILE).write_text((copy / METRICS_FILE).read_text()[:40])
+    elif how == "corrupt-config":
+        (copy / "config.yaml").write_text("model: [unclosed\n")
+    elif how == "old-metrics":
+        metrics = json.loads((copy / METRICS_FILE).read_text())
+        del metrics["eval"]
+        (copy / METRICS_FILE).write_text(json.dumps(metrics))
+    return copy
+
+
+# (arguments, what the error line says); {run} a finished run, {broken:HOW} a broken copy of it.
+EVALUATE_ROWS = [
+    ([], "no run folder given; usage: python -m peftlab.evaluate RUN_FOLDER"),
+    (["{tmp}/nowhere"], "{tmp}/nowhere: no such run folder"),
+    (["{tmp}"], "{tmp} is not a finished run (no metrics.json)"),
+    (["{run}", "split=bogus"], "split=bogus is not a split; allowed: train, validation"),
+    (["{run}", "fold=2"], "fold=2: unknown argument; allowed: split=, out="),
+    (["{broken:no-weights}"], "no-weights/weights: no saved weights in this run folder"),
+    (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record"),
+    (["{broken:corrupt-config}"], "corrupt-config/config.yaml is not a readable run config"),
+    (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record"),
+]
+REPORT_ROWS = [
+    ([], "no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds"),
+    (["{run}", "--p", "2"], "--p 2.0 is out of range; it must be in (0, 1)"),
+    (["{run}", "--p", "half"], "argument --p: invalid float value: 'half'"),
+    (["{run}", "--group-by", "colour"], "--group-by colour: not a grouping key; allowed: model, task"),
+    (["--runs-dir", "{tmp}"], "--runs-dir, --methods and --seeds go together"),
+    (["{tmp}/nowhere"], "no finished runs to report"),
+    (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record: not valid JSON"),
+    (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record: it has no eval"),
+]
+
+
+def _expand(args: list[str], finished_run: Path, tmp: Path) -> list[str]:
+    out = []
+    for arg in args:
+        if arg.startswith("{broken:"):
+            how = arg[len("{broken:") : -1]
+            out.append(str(tmp / how) if (tmp / how).exists() else str(broken_copy(finished_run, tmp, how)))
+        else:
+            out.append(arg.format(run=finished_run, tmp=tmp))
+    return out
+
+
+@pytest.mark.parametrize("args,message", EVALUATE_ROWS, ids=[" ".join(row[0]) or "no-args" for row in EVALUATE_ROWS])
+def test_evaluate_mistakes_are_one_line(tmp_path, finished_run, args, message):
+    result = run_command(["-m", "peftlab.evaluate", *_expand(args, finished_run, tmp_path)], timeout=120)
+    assert_one_line_error(result, message.format(tmp=tmp_path))
+
+
+@pytest.mark.parametrize("args,message", REPORT_ROWS, ids=[" ".join(row[0]) or "no-args" for row in REPORT_ROWS])
+def test_report_mistakes_are_one_line(tmp_path, finished_run, args, message):
+    out = tmp_path / "results"
+    result = run_command(["-m", "peftlab.report", *_expand(args, finished_run, tmp_path), "--out", str(out)], timeout=120)
+    assert_one_line_error(result, message.format(tmp=tmp_path))
+    assert not (out / "table.md").exists()
