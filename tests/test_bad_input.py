@@ -31,9 +31,19 @@ CONFIG_ROWS = [
     ("rank=abc", "rank: Value 'abc' of type 'str' could not be converted to Integer"),
     ("alpha=0", "alpha=0.0 is out of range; it must be > 0"),
     ("lr=-1", "lr=-1.0 is out of range; it must be > 0"),
-    ("seed=-1", "seed=-1 is out of range; it must be >= 0"),
+    ("seed=-1", "seed=-1 is out of range; it must be in [0, 4294967295]"),
+    ("seed=99999999999", "seed=99999999999 is out of range; it must be in [0, 4294967295]"),
+    ("lr=inf", "lr=inf is out of range; it must be > 0 and finite"),
+    ("rank=null", "rank=null is not allowed; give a value"),
     ("foo=1", "foo: unknown config key"),
     ("+foo=1", "foo: unknown config key; allowed: model, peft, task, trainer, logger, rank"),
+    # the override grammar, Hydra's own keys and modes, multirun jobs
+    ("rank", "rank: not an override Hydra can read (missing EQUAL at '<EOF>'); write key=value"),
+    ("rank=[1,2", "rank=[1,2: not an override Hydra can read (no viable alternative at input '[1,2')"),
+    ("hydra.nonexistent=1", "hydra.nonexistent: unknown config key; allowed: run, sweep"),
+    ("-m rank=abc,4", "rank: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("-m rank=4,8 peft=lora,lorra", "peft=lorra is not an option"),
+    ("-m --cfg job", "--multirun and --cfg cannot go together"),
     # model
     ("model=gpt5", "model=gpt5 is not an option; allowed: hub, minilm, tiny-bert"),
     ("model.name_or_path=./no/such/model", "model.name_or_path=./no/such/model: no such model folder"),
@@ -41,6 +51,8 @@ CONFIG_ROWS = [
     ("model=hub", "model.name_or_path: a value is required here"),
     # peft
     ("peft=lorra", "peft=lorra is not an option; allowed: adalora, adapter, full"),
+    ("peft=", "peft= is not an option; allowed: adalora, adapter, full"),
+    ("~peft", "peft: none chosen; allowed: peft=NAME with a NAME from conf/peft/"),
     ("peft=null", "Config group override must be a string or a list"),
     ("peft.rr=4", "peft.rr: unknown config key"),
     ("peft.dropout=1.5", "peft.dropout=1.5 is out of range; it must be in [0, 1)"),
@@ -55,11 +67,15 @@ CONFIG_ROWS = [
     ("task=csv task.train_file=a.txt task.validation_file=b.csv", "task.train_file=a.txt is out of range; allowed formats: .csv"),
     ("task.max_length=4", "task.max_length=4 is out of range; it must be >= 8"),
     ("task.max_train_samples=0", "task.max_train_samples=0 is out of range; it must be >= 1 or null"),
+    ("task=csv task.train_file=a.csv task.validation_file=b.csv task.labels=[0,1,1]", "task.labels=['0', '1', '1'] is out of range; give at least 2 distinct labels"),
+    ("task=csv task.train_file=a.csv task.validation_file=b.csv task.labels=[]", "task.labels=[] is out of range; give at least 2 distinct labels"),
     # trainer
     ("trainer=tpu", "trainer=tpu is not an option; allowed: cpu, ddp, gpu"),
     ("trainer.precision=fp8", "trainer.precision=fp8 is not an option; allowed: 32-true, bf16-mixed"),
     ("trainer.devices=0", "trainer.devices=0 is out of range; allowed: an integer >= 1"),
     ("trainer.devices=many", "trainer.devices=many is out of range"),
+    ("trainer.devices=[0]", "trainer.devices=[0] is out of range; a list of GPU indices needs trainer.accelerator=gpu"),
+    ("trainer.gradient_clip_val=inf", "trainer.gradient_clip_val=inf is out of range; it must be > 0 and finite, or null"),
     ("trainer.batch_size=0", "trainer.batch_size=0 is out of range; it must be >= 1"),
     ("trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is out of range"),
     ("trainer.warmup_ratio=1", "trainer.warmup_ratio=1.0 is out of range; it must be in [0, 1)"),
@@ -92,6 +108,12 @@ RUNTIME_ROWS = [
     ("one-node-of-two", ["trainer.num_nodes=2"], "trainer.num_nodes=2, but this process was not started as one node of several"),
     ("csv-not-utf8", ["task=csv", "task.train_file={files}/latin1.csv", "task.validation_file={files}/latin1.csv"],
      "latin1.csv is not UTF-8 text (byte 0xe9"),
+    ("csv-empty-label", ["task=csv", "task.train_file={files}/ragged.csv", "task.validation_file={files}/ragged.csv"],
+     "ragged.csv row 2 has no value in column 'label'; every row needs its text and its label"),
+    ("jsonl-null-label", ["task=csv", "task.train_file={files}/null.jsonl", "task.validation_file={files}/null.jsonl"],
+     "null.jsonl row 1 has no value in column 'label'"),
+    ("jsonl-not-records", ["task=csv", "task.train_file={files}/list.jsonl", "task.validation_file={files}/list.jsonl"],
+     "list.jsonl row 1 is not a record with named columns"),
     ("csv-missing", ["task=csv", "task.train_file={files}/none.csv", "task.validation_file={files}/none.csv"],
      "task.train_file {files}/none.csv does not exist"),
     ("data-not-pulled", ["data_dir={files}/empty"], "SST-2 train file {files}/empty/glue/SST-2/train.tsv does not exist"),
@@ -106,13 +128,18 @@ RUNTIME_ROWS = [
     ("adalora-no-budget-phase", ["peft=adalora", "peft.tinit=4", "peft.tfinal=4"], "peft.tinit=4 + peft.tfinal=4 leave no budgeting phase in 8"),
     ("adapter-wider-than-model", ["peft=adapter", "rank=64"], "peft.bottleneck_dim=64 is out of range for this bert model; allowed: 1 to 32"),
     ("adapter-names-nothing", ["peft=adapter", "peft.ffn_output=mlp.fc2", "peft.attention_output=attn.out"],
-     "peft.attention_output / peft.ffn_output: no nn.Linear matched"),
+     "peft.attention_output / peft.ffn_output: no nn.Linear matched attention_output='attn.out' in this bert model"),
+    ("houlsby-loses-attention", ["peft=adapter", "peft.attention_output=nope.dense"],
+     "no nn.Linear matched attention_output='nope.dense' in this bert model; allowed: names its layers end in:"),
     ("loha-rank-above-width", ["peft=loha", "rank=64"], "peft.options.r=64 is out of range for this bert model"),
     ("ia3-targets-nothing", ["peft=ia3", "peft.options.target_modules=[key,fc1]", "peft.options.feedforward_modules=[fc1]"],
      "peft.options.target_modules: 'fc1' matches no module"),
     ("ia3-options-peft-refuses", ["peft=ia3", "peft.options.feedforward_modules=[query]"],
      "peft.options for IA3Config: `feedforward_modules` should be a subset of `target_modules`"),
     ("peft-config-class", ["peft=ia3", "peft.peft_config=IA4Config"], "peft.peft_config='IA4Config' is not a config class of peft"),
+    ("random-model-heads", ["model.random_init.num_attention_heads=3"],
+     "model.random_init: BertConfig refuses these settings: The hidden size (32) is not a multiple of the number of attention heads (3)"),
+    ("max-length-above-positions", ["task.max_length=100000"], "task.max_length=100000 is out of range for this bert model; allowed: 8 to 128"),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]
@@ -123,6 +150,9 @@ PROCESS = {"no-gpu", "one-node-of-two", "csv-not-utf8", "val-check-interval", "l
 def files(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("files")
     (folder / "latin1.csv").write_bytes("text,label\ncafé,1\nthé,0\n".encode("latin-1"))
+    (folder / "ragged.csv").write_text("text,label\ngood,1\nbad\nok,0\n")
+    (folder / "null.jsonl").write_text('{"text": "good", "label": null}\n{"text": "bad", "label": 0}\n')
+    (folder / "list.jsonl").write_text('["good", 1]\n')
     (folder / "empty").mkdir()
     return folder
 
@@ -189,12 +219,17 @@ SWEEP_ROWS = [
     (["{tmp}/bad-key.yaml"], "parameters.peft.rr: peft.rr is not a key of the composed config"),
     (["{tmp}/bad-range.yaml"], "parameters.lr: min=0.1 > max=0.001; min must be <= max"),
     (["{tmp}/not-yaml.yaml"], "not valid YAML"),
+    (["{tmp}/latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 0xe9"),
+    (["{tmp}/unlogged-metric.yaml"], "metric.name=val/acc is not logged by task sst2; allowed: val/accuracy, val/f1, val/loss"),
+    (["{tmp}/ok.yaml", "+foo=1"], "ok.yaml (with its constants and the command line): foo: unknown config key"),
 ]
 SWEEP_FILES = {
     "bad-metric.yaml": "method: random\nmetric: {name: accuracy, goal: maximize}\nparameters:\n  rank: {values: [4, 8]}\n",
     "bad-key.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  peft.rr: {values: [4, 8]}\n",
     "bad-range.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  lr: {distribution: log_uniform_values, min: 0.1, max: 0.001}\n",
     "not-yaml.yaml": "method: [random\n",
+    "ok.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  rank: {values: [4, 8]}\n",
+    "unlogged-metric.yaml": "method: random\nmetric: {name: val/acc, goal: maximize}\nparameters:\n  rank: {values: [4, 8]}\n",
 }
 
 
@@ -202,6 +237,7 @@ SWEEP_FILES = {
 def test_sweep_mistakes_are_one_line_before_any_trial(tmp_path, args, message):
     for name, body in SWEEP_FILES.items():
         (tmp_path / name).write_text(SWEEP_HEADER + body)
+    (tmp_path / "latin1.yaml").write_bytes(("# caf\xe9\n" + SWEEP_HEADER).encode("latin-1"))
     out = tmp_path / "sweeps"
     argv = [str(ROOT / "sweep.py"), *(a.format(tmp=tmp_path) for a in args), f"data_dir={DATA}"]
     argv += [] if "--out" in args else ["--out", str(out)]
@@ -229,6 +265,15 @@ def broken_copy(run: Path, where: Path, how: str) -> Path:
         (copy / METRICS_FILE).write_text((copy / METRICS_FILE).read_text()[:40])
     elif how == "corrupt-config":
         (copy / "config.yaml").write_text("model: [unclosed\n")
+    elif how == "empty-weights":
+        shutil.rmtree(copy / "weights")
+        (copy / "weights").mkdir()
+    elif how == "corrupt-adapter":
+        (copy / "weights" / "adapter_config.json").write_text("{not json")
+    elif how == "unknown-config-key":
+        (copy / "config.yaml").write_text((copy / "config.yaml").read_text() + "bogus_key: 1\n")
+    elif how == "empty-config":
+        (copy / "config.yaml").write_text("")
     elif how == "old-metrics":
         metrics = json.loads((copy / METRICS_FILE).read_text())
         del metrics["eval"]
@@ -247,20 +292,29 @@ EVALUATE_ROWS = [
     (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record"),
     (["{broken:corrupt-config}"], "corrupt-config/config.yaml is not a readable run config"),
     (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record"),
+    (["{broken:empty-weights}"], "empty-weights/weights: the saved weights cannot be loaded"),
+    (["{broken:corrupt-adapter}"], "corrupt-adapter/weights: the saved weights cannot be loaded"),
+    (["{broken:unknown-config-key}"], "unknown-config-key/config.yaml is not a valid run config: bogus_key: unknown config key"),
+    (["{broken:empty-config}"], "empty-config/config.yaml is not a run config: it is empty or not a mapping"),
+    (["{run}", "out={tmp}/file.txt"], "out={tmp}/file.txt is a file; allowed: a folder"),
 ]
 REPORT_ROWS = [
     ([], "no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds"),
     (["{run}", "--p", "2"], "--p 2.0 is out of range; it must be in (0, 1)"),
     (["{run}", "--p", "half"], "argument --p: invalid float value: 'half'"),
+    (["{run}", "--out", "{tmp}/file.txt"], "--out {tmp}/file.txt is a file; allowed: a folder"),
     (["{run}", "--group-by", "colour"], "--group-by colour: not a grouping key; allowed: model, task"),
     (["--runs-dir", "{tmp}"], "--runs-dir, --methods and --seeds go together"),
     (["{tmp}/nowhere"], "no finished runs to report"),
     (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record: not valid JSON"),
     (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record: it has no eval"),
+    (["{run}", "--evals", "{tmp}/nowhere"], "--evals {tmp}/nowhere: no such folder"),
+    (["{run}", "--baseline", "nosuch"], "--baseline nosuch: no run of that method; allowed: lora"),
 ]
 
 
 def _expand(args: list[str], finished_run: Path, tmp: Path) -> list[str]:
+    (tmp / "file.txt").write_text("not a folder\n")
     out = []
     for arg in args:
         if arg.startswith("{broken:"):
@@ -280,6 +334,7 @@ def test_evaluate_mistakes_are_one_line(tmp_path, finished_run, args, message):
 @pytest.mark.parametrize("args,message", REPORT_ROWS, ids=[" ".join(row[0]) or "no-args" for row in REPORT_ROWS])
 def test_report_mistakes_are_one_line(tmp_path, finished_run, args, message):
     out = tmp_path / "results"
-    result = run_command(["-m", "peftlab.report", *_expand(args, finished_run, tmp_path), "--out", str(out)], timeout=120)
+    out_args = [] if "--out" in args else ["--out", str(out)]
+    result = run_command(["-m", "peftlab.report", *_expand(args, finished_run, tmp_path), *out_args], timeout=120)
     assert_one_line_error(result, message.format(tmp=tmp_path))
     assert not (out / "table.md").exists()

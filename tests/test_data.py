@@ -125,3 +125,9 @@ def test_distributed_shares_are_equal_and_eval_scores_each_example_once():
     evaluated = [i for r in (0, 1) for b in eval_batches(lengths, 8, r, 2) for i in b]
     assert sorted(evaluated) == list(range(101))
     assert steps_per_epoch(101, 8, world=2, accumulate=3) == 3
+
+
+def test_declared_metric_names_are_the_metrics_a_task_computes(pair_files, sst2_available):
+    """Sweeps check their metric against `metric_names` before torch loads; it must say the truth."""
+    for task in (task_for(f"data_dir={DATA}"), task_for(*csv_overrides(*pair_files))):
+        assert set(task.metrics().keys()) == set(task.metric_names)

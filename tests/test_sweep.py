@@ -133,6 +133,15 @@ def test_bad_sweep_file_is_rejected_with_file_key_and_what_is_allowed(tmp_path, 
         check_against_config(load_spec(write_spec(tmp_path, body)), CONF, [])
 
 
+def test_list_valued_choices_pass_the_check_and_reach_trials_as_lists(tmp_path):
+    body = "method: grid\nmetric: {name: val/loss}\nparameters:\n  peft.target_modules: {values: [[query, value], [query]]}\n"
+    spec = load_spec(write_spec(tmp_path, body))
+    check_against_config(spec, CONF, ["model=tiny-bert"])  # each list is a valid target_modules
+    (param,) = spec.params
+    assert param.extremes() == [["query", "value"], ["query"]]
+    assert spec.overrides({"peft.target_modules": param.convert("[query,value]")}) == ["peft.target_modules=[query,value]"]
+
+
 def test_command_without_hydra_style_arguments_is_rejected(tmp_path):
     path = tmp_path / "sweep.yaml"
     path.write_text("program: train.py\nmethod: random\nmetric: {name: val/loss}\nparameters:\n  lr: {values: [0.1]}\ncommand:\n  - ${env}\n  - ${args}\n")

@@ -12,7 +12,7 @@ import functools
 import re
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,7 +20,8 @@ from peftlab.config import Config, describe_omegaconf_error, validate
 from peftlab.errors import ConfigError, PeftlabError, first_line
 from peftlab.outputs import refuse_finished
 
-SKIP_PREFLIGHT = {"-m", "--multirun", "-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
+HYDRA_MODES = (("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"), ("--shell-completion", "-sc"))
+SKIP_PREFLIGHT = {"-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,17 +36,59 @@ def fail(err: BaseException) -> None:
     sys.exit(2)
 
 
-def user_overrides(argv: list[str]) -> list[str]:
-    """The key=value overrides, without Hydra's flags and hydra.* settings."""
-    out, skip_next = [], False
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the key=value overrides of the config, the hydra.* ones), without Hydra's flags."""
+    user, hydra, skip_next = [], [], False
     for arg in argv:
         if skip_next:
             skip_next = False
         elif arg in ("--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"):
             skip_next = True
-        elif not arg.startswith("-") and not arg.lstrip("+~").startswith(("hydra.", "hydra/")):
-            out.append(arg)
-    return out
+        elif not arg.startswith("-"):
+            (hydra if arg.lstrip("+~").startswith(("hydra.", "hydra/")) else user).append(arg)
+    return user, hydra
+
+
+def user_overrides(argv: list[str]) -> list[str]:
+    """The key=value overrides, without Hydra's flags and hydra.* settings."""
+    return split_overrides(argv)[0]
+
+
+def sweep_jobs(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a `-m` run (rank=4,8 peft=lora,ia3 -> four override lists), as Hydra's basic
+    sweeper expands them, so that each is checked before the first one starts."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise ConfigError(describe_hydra_error(err)) from None
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def preflight(conf_dir: Path, argv: list[str], config_name: str) -> None:
+    """What can be checked before Hydra starts a job, in well under a second: the config of every
+    job (each combination of a -m sweep), Hydra's own overrides, and that a folder named by
+    hydra.run.dir does not hold a finished run (before Hydra writes its .hydra/ files into it)."""
+    user, hydra = split_overrides(argv)
+    multirun = bool({"-m", "--multirun"} & set(argv))
+    jobs = sweep_jobs(user) if multirun else [user]
+    for job in jobs:
+        validate(compose_config(conf_dir, job, config_name))
+    if not hydra:
+        return
+    cfg = compose_config(conf_dir, jobs[0] + hydra, config_name, with_hydra=True)
+    if multirun or {"--cfg", "-c"} & set(argv) or not any(a.startswith("hydra.run.dir=") for a in hydra):
+        return
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+    except OmegaConfBaseException:  # an interpolation only Hydra's run resolves (${hydra:...}): the recipe checks
+        return
+    refuse_finished(run_dir)
 
 
 def compose_config(conf_dir: Path, overrides: list[str], config_name: str = "config", with_hydra: bool = False) -> DictConfig:
@@ -64,23 +107,8 @@ def compose_config(conf_dir: Path, overrides: list[str], config_name: str = "con
         raise ConfigError(f"{first_line(err)} (in the overrides: {' '.join(overrides)})") from None
 
 
-def requested_run_dir(conf_dir: Path, argv: list[str], config_name: str) -> Optional[Path]:
-    """The folder a `hydra.run.dir=...` on the command line names, resolved as Hydra will; None when
-    the default (unique per run) applies. A folder can only hold a finished run if it was named."""
-    from omegaconf.errors import OmegaConfBaseException
-
-    named = [arg for arg in argv if arg.startswith("hydra.run.dir=")]
-    if not named:
-        return None
-    cfg = compose_config(conf_dir, user_overrides(argv) + named, config_name, with_hydra=True)
-    try:
-        return Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
-    except OmegaConfBaseException:  # an interpolation only Hydra's run resolves (${hydra:...}): the recipe checks
-        return None
-
-
 def describe_missing_option(conf_dir: Path, message: str) -> str:
-    found = re.search(r"Could not find '([^']+)/([^'/]+)'", message)
+    found = re.search(r"Could not find '([^']+)/([^'/]*)'", message)
     if not found:
         return message.splitlines()[0]
     group, option = found.groups()
@@ -91,6 +119,8 @@ def describe_missing_option(conf_dir: Path, message: str) -> str:
 def describe_hydra_error(err: BaseException) -> str:
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.errors import OverrideParseException
+
     cause = err
     while cause.__cause__ is not None:
         cause = cause.__cause__
@@ -98,6 +128,10 @@ def describe_hydra_error(err: BaseException) -> str:
         return str(cause)
     if isinstance(cause, OmegaConfBaseException):
         return describe_omegaconf_error(cause)
+    if isinstance(err, OverrideParseException):  # "Error parsing override 'rank'" + the parser's reason
+        lines = [line for line in str(err).splitlines() if not line.startswith(("See ", "Error parsing override"))]
+        reason = lines[0] if lines else "unreadable"
+        return f"{err.override}: not an override Hydra can read ({reason}); write key=value, e.g. rank=8 or peft.target_modules=[query,value]"
     return " ".join(str(err).split("\n")[:1])
 
 
@@ -116,12 +150,12 @@ def entrypoint(conf_dir: Path, config_name: str = "config") -> Callable:
             import hydra
 
             argv = sys.argv[1:]
+            modes = [flags[0] for flags in HYDRA_MODES if set(flags) & set(argv)]
+            if len(modes) > 1:  # Hydra's own refusal is a ValueError traceback
+                fail(ConfigError(f"{' and '.join(modes)} cannot go together; give one of {', '.join(f[0] for f in HYDRA_MODES)}"))
             if not SKIP_PREFLIGHT.intersection(argv):
                 try:
-                    validate(compose_config(conf_dir, user_overrides(argv), config_name))
-                    run_dir = None if {"--cfg", "-c"} & set(argv) else requested_run_dir(conf_dir, argv, config_name)
-                    if run_dir is not None:
-                        refuse_finished(run_dir)  # before Hydra writes its .hydra/ files into it
+                    preflight(conf_dir, argv, config_name)
                 except PeftlabError as err:
                     fail(err)
             return hydra.main(config_path=str(conf_dir.resolve()), config_name=config_name, version_base="1.3")(hydra_task)()

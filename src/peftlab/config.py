@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 from peftlab.errors import ConfigError, require, require_choice
 
 PATH_PREFIXES = ("/", "./", "../", "~")
+MAX_SEED = 2**32 - 1
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
@@ -85,13 +87,17 @@ class TrainerConfig:
             or (isinstance(d, (list, tuple)) and len(d) > 0 and all(isinstance(i, int) and i >= 0 for i in d)),
             "trainer.devices", d, "allowed: an integer >= 1 (processes on CPU, GPUs on GPU), -1 for all, auto, or a list of GPU indices",
         )
+        require(
+            not (isinstance(d, (list, tuple)) and self.accelerator == "cpu"), "trainer.devices", d,
+            "a list of GPU indices needs trainer.accelerator=gpu; on CPU give the number of processes",
+        )  # fmt: skip
         require_choice("trainer.precision", self.precision, PRECISIONS)
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
         require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps, "it must be -1 or >= 1")
-        require(self.gradient_clip_val is None or self.gradient_clip_val > 0, "trainer.gradient_clip_val", self.gradient_clip_val, "it must be > 0 or null")
+        require(self.gradient_clip_val is None or 0 < self.gradient_clip_val < math.inf, "trainer.gradient_clip_val", self.gradient_clip_val, "it must be > 0 and finite, or null")
         require(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "it must be in [0, 1)")
-        require(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "it must be >= 0")
+        require(0 <= self.weight_decay < math.inf, "trainer.weight_decay", self.weight_decay, "it must be >= 0 and finite")
         require(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "it must be >= 0")
         v = self.val_check_interval
         require(
@@ -128,9 +134,9 @@ class Config:
 
     def __post_init__(self) -> None:
         require(self.rank >= 1, "rank", self.rank, "it must be an integer >= 1")
-        require(self.alpha > 0, "alpha", self.alpha, "it must be > 0")
-        require(self.lr > 0, "lr", self.lr, "it must be > 0")
-        require(self.seed >= 0, "seed", self.seed, "it must be >= 0")
+        require(0 < self.alpha < math.inf, "alpha", self.alpha, "it must be > 0 and finite")
+        require(0 < self.lr < math.inf, "lr", self.lr, "it must be > 0 and finite")
+        require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"it must be in [0, {MAX_SEED}] (numpy's seed range)")
 
 
 def package_model_dir(package: str) -> str:
@@ -172,6 +178,8 @@ def validate(cfg: DictConfig) -> Config:
     refuse_unknown_keys(cfg)
     for section, registry, key in (("peft", METHODS, "method"), ("task", TASKS, "task")):
         name = OmegaConf.select(cfg, f"{section}.{key}")
+        if name is None:  # `~peft` on the command line, or a run config without the section
+            raise ConfigError(f"{section}: none chosen; allowed: {section}=NAME with a NAME from conf/{section}/")
         schema = registry.get(name, f"{section}.{key}").config_class
         with config_errors(section):
             typed = OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
@@ -217,6 +225,8 @@ def describe_omegaconf_error(err: Exception, prefix: str = "") -> str:
         return f"{key or message}: unknown config key" + (f"; allowed: {', '.join(allowed)}" if allowed else "")
     if type(err).__name__ == "MissingMandatoryValue":
         return f"{key}: a value is required here"
+    if "is not Optional" in message:
+        return f"{key}=null is not allowed; give a value (python train.py --cfg job shows the defaults)"
     if "is not a ListConfig, list or tuple" in message:
         return f"{key}: a list is expected here, e.g. {key}=[a,b]"
     return f"{key}: {message}" if key else message

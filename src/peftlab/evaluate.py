@@ -39,6 +39,8 @@ def parse_args(argv: list[str]) -> tuple[Path, dict[str, Any]]:
         if not sep or key not in OPTIONS:
             raise ConfigError(f"{arg}: unknown argument; allowed: {', '.join(f'{k}=' for k in OPTIONS)} ({USAGE})")
         options[key] = value
+    if options["out"] and Path(options["out"]).exists() and not Path(options["out"]).is_dir():
+        raise ConfigError(f"out={options['out']} is a file; allowed: a folder (it is created if missing)")
     if options["split"] not in SPLITS:
         raise ConfigError(f"split={options['split']} is not a split; allowed: {', '.join(SPLITS)}")
     return Path(argv[0]), options

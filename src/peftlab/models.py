@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from peftlab.config import ModelConfig
-from peftlab.errors import ModelError, first_line
+from peftlab.errors import ConfigError, ModelError, first_line
 from peftlab.tasks import Task
 
 # Top-level modules that form a transformers task head; they always train. `pooler` is absent on
@@ -32,7 +32,10 @@ def load_model(cfg: ModelConfig, task: Task):
         # so a saved adapter must reload onto the very same base.
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            return auto_class.from_config(config_class(**kwargs, **task.model_kwargs()))
+            try:
+                return auto_class.from_config(config_class(**kwargs, **task.model_kwargs()))
+            except (ValueError, TypeError) as err:  # the config class's own checks (heads vs width, ...)
+                raise ModelError(f"model.random_init: {config_class.__name__} refuses these settings: {first_line(err)}") from None
     return _from_pretrained(auto_class, "model.name_or_path", cfg.name_or_path, **task.model_kwargs())
 
 
@@ -45,6 +48,16 @@ def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
             f"{key}={name_or_path!r} could not be loaded: not a local folder, and neither the Hugging Face Hub "
             f"nor its local cache has it ({first_line(err)})"
         ) from None
+
+
+def check_max_length(model, max_length: int) -> None:
+    """Longer sequences than the model has positions for fail deep in its forward pass."""
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise ConfigError(
+            f"task.max_length={max_length} is out of range for this {model.config.model_type} model; "
+            f"allowed: 8 to {positions}, its number of positions"
+        )
 
 
 def head_names(model) -> list[str]:

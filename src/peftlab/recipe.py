@@ -28,7 +28,7 @@ from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
-from peftlab.models import count_parameters, head_names, load_model, load_tokenizer
+from peftlab.models import check_max_length, count_parameters, head_names, load_model, load_tokenizer
 from peftlab.module import PeftModule
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_metrics
 from peftlab.progress import PlannedStepsProgressBar
@@ -72,7 +72,8 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
         with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
             model = load_model(cfg.model, task)
-            method.check(model)  # ranges that depend on the model: its layers' sizes and names
+            check_max_length(model, cfg.task.max_length)  # ranges that depend on the model: its positions,
+            method.check(model)  # and its layers' sizes and names
             model = method.apply(model, head=head_names(model), total_steps=total_steps)
         model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
         params = count_parameters(model)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from peftlab.config import Config, validate
-from peftlab.errors import DataError, first_line
+from peftlab.config import Config, config_errors, validate
+from peftlab.errors import ConfigError, DataError, first_line
 from peftlab.methods import METHODS
 from peftlab.models import load_model
 from peftlab.outputs import CONFIG_FILE, METRICS_FILE, WEIGHTS_DIR, read_metrics
@@ -25,11 +25,19 @@ def load_run_config(run_dir: Path) -> Config:
     read_metrics(run_dir)  # a run record, not any JSON file
     if not (run_dir / WEIGHTS_DIR).is_dir():
         raise DataError(f"{run_dir / WEIGHTS_DIR}: no saved weights in this run folder (copied without them?)")
+    path = run_dir / CONFIG_FILE
     try:
-        saved = OmegaConf.load(run_dir / CONFIG_FILE)
+        saved = OmegaConf.load(path)
     except (OSError, yaml.YAMLError) as err:
-        raise DataError(f"{run_dir / CONFIG_FILE} is not a readable run config ({first_line(err)})") from None
-    return validate(OmegaConf.merge(OmegaConf.structured(Config), saved))
+        raise DataError(f"{path} is not a readable run config ({first_line(err)})") from None
+    if not isinstance(saved, DictConfig) or not saved:
+        raise DataError(f"{path} is not a run config: it is empty or not a mapping")
+    try:
+        with config_errors():
+            merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
+        return validate(merged)
+    except ConfigError as err:
+        raise DataError(f"{path} is not a valid run config: {err}") from None
 
 
 def load_run(run_dir: Path):
@@ -38,5 +46,10 @@ def load_run(run_dir: Path):
     quiet_libraries()
     task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
     base = load_model(cfg.model, task)
-    model = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).load(base, run_dir / WEIGHTS_DIR)
+    from safetensors import SafetensorError
+
+    try:
+        model = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).load(base, run_dir / WEIGHTS_DIR)
+    except (ValueError, OSError, RuntimeError, SafetensorError) as err:  # files missing, corrupt, or from another model
+        raise DataError(f"{run_dir / WEIGHTS_DIR}: the saved weights cannot be loaded ({first_line(err)})") from None
     return cfg, task, model.eval()

@@ -66,8 +66,8 @@ class Adapter(Method):
             )
         except LookupError as err:
             raise ConfigError(
-                f"peft.attention_output / peft.ffn_output: {err}; allowed: names its layers end in: "
-                f"{', '.join(layer_suffixes(model))}"
+                f"peft.attention_output / peft.ffn_output: {err} in {model_label(model)}; allowed: names its "
+                f"layers end in: {', '.join(layer_suffixes(model))}"
             ) from None
         freeze_all_but(model, [f"{name}.adapter" for name in adapted] + head)
         return model

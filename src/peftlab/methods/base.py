@@ -31,7 +31,7 @@ class MethodConfig:
     lr: float = 1e-4  # this method's default learning rate; the top-level `lr=` overrides it
 
     def __post_init__(self) -> None:
-        require(self.lr > 0, "peft.lr", self.lr, "it must be > 0")
+        require(0 < self.lr < float("inf"), "peft.lr", self.lr, "it must be > 0 and finite")
 
 
 class Method:

@@ -83,13 +83,13 @@ def insert_bottleneck_adapters(
     # attention_output=None (Pfeiffer) there is no attention suffix to exclude it by. So a match
     # is dropped when the block one level up owns a match of its own ("layer.0.output.dense").
     ffn = {n for n in ffn if _one_level_up(n, ffn_output) not in ffn}
+    # Each named sub-layer must be found: a Houlsby layout whose attention name matches nothing
+    # would silently train as Pfeiffer.
+    for role, suffix, found in (("attention_output", attention_output, attention), ("ffn_output", ffn_output, ffn)):
+        if suffix and not found:
+            raise LookupError(f"no nn.Linear matched {role}={suffix!r}")
     # named_modules() order is model order, which is what callers expect back.
     targets = [(name, linear) for name, linear in linears.items() if name in attention | ffn]
-    if not targets:
-        raise LookupError(
-            f"no nn.Linear matched attention_output={attention_output!r} "
-            f"or ffn_output={ffn_output!r}"
-        )
 
     # Collect first, then mutate: adding children while iterating named_modules() is unsafe.
     for _, linear in targets:

@@ -16,6 +16,7 @@ from peftlab.report.provenance import Provenance, provenance
 from peftlab.report.runs import check_same_split, collect, grid_folders, group_runs
 from peftlab.report.table import Table, build_table
 
+DEFAULT_BASELINE = "full"  # significance is tested against full fine-tuning when the runs have it
 OUTPUT_FILES = ("table.md", "table.tex", "table.csv", "summary.json", "pareto.png", "memory.png")
 
 
@@ -26,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation", help="the split to report (default: validation)")
     p.add_argument("--evals", type=Path, help="read eval_<split>.json from EVALS/<run folder name>/ instead of the run folder")
     p.add_argument("--group-by", default="", help="one table per model and/or task: model | task | model,task")
-    p.add_argument("--baseline", default="full", help="the method significance is tested against (default: full)")
+    p.add_argument("--baseline", help="the method significance is tested against (default: full, when there are full runs)")
     p.add_argument("--p", type=float, default=0.05, dest="alpha", help="significance threshold (default: 0.05)")
     grid = p.add_argument_group("a pipeline grid (RUNS_DIR/<method>-s<seed>); missing cells are named")
     grid.add_argument("--runs-dir", type=Path)
@@ -58,12 +59,20 @@ def run(argv: list[str]) -> list[Path]:
         folders += grid_folders(args.runs_dir, args.methods, args.seeds)
     if not folders:
         raise ConfigError("no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; allowed: a folder (it is created if missing)")
+    if args.evals is not None and not args.evals.is_dir():
+        raise ConfigError(f"--evals {args.evals}: no such folder (it holds <run folder name>/eval_<split>.json)")
 
     collected = collect(folders, args.split, args.evals)
-    for missing in collected.missing:
-        print(f"warning: missing run: {missing.describe()}", file=sys.stderr)
     if not collected.runs:
         raise DataError("no finished runs to report; missing: " + "; ".join(m.describe() for m in collected.missing))
+    for missing in collected.missing:
+        print(f"warning: missing run: {missing.describe()}", file=sys.stderr)
+    methods = sorted({run.method for run in collected.runs})
+    if args.baseline is not None and args.baseline not in methods:
+        raise ConfigError(f"--baseline {args.baseline}: no run of that method; allowed: {', '.join(methods)}")
+    baseline = args.baseline or DEFAULT_BASELINE
     group_by = [k for k in args.group_by.split(",") if k]
     groups = group_runs(collected.runs, group_by)
     prov = provenance()
@@ -72,7 +81,7 @@ def run(argv: list[str]) -> list[Path]:
         out_dir = args.out / "-".join(key) if group_by else args.out
         check_same_split(runs, args.split)
         # A missing run has no metrics to tell its group, so every table lists all of them.
-        table = build_table(runs, collected.missing, args.split, args.baseline, args.alpha)
+        table = build_table(runs, collected.missing, args.split, baseline, args.alpha)
         for row in table.rows:
             if row.missing_seeds:
                 print(f"warning: {row.label} has no run for seed(s) {', '.join(map(str, row.missing_seeds))}", file=sys.stderr)

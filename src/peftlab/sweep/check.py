@@ -9,6 +9,7 @@ every trial would fail the same way. Light: Hydra and omegaconf only, no torch.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from peftlab.budget import check_val_check_interval
 from peftlab.cli import compose_config
 from peftlab.config import Config, config_errors, validate
 from peftlab.errors import ConfigError
-from peftlab.sweep.spec import FLOAT_VALUED, Param, SweepSpec
+from peftlab.sweep.spec import FLOAT_VALUED, METRIC_PREFIX, Param, SweepSpec
 
 _ABSENT = object()
 
@@ -70,8 +71,14 @@ def override_key(override: str) -> str:
 def _check_probe(
     spec: SweepSpec, conf_dir: Path, base: list[str], groups: set[str], varied: Param | None, values: dict[str, Any], composed: dict
 ) -> Config:
-    def error(p: Param, message: str) -> ConfigError:
+    def error(p: Param | None, message: str) -> ConfigError:
+        if p is None:  # nothing the file searches: the command line or the file's constants
+            return ConfigError(f"{spec.path} (with its constants and the command line): {message}")
         return ConfigError(f"{spec.path}: parameters.{p.key}: {message}")
+
+    def culprit(err: ConfigError) -> Param | None:
+        """The parameter being varied, else the one the message is about (it starts with its key)."""
+        return varied or next((p for p in spec.params if re.match(rf"{re.escape(p.key)}\b", str(err))), None)
 
     # The groups first: the keys a parameter may name depend on the chosen method, model, task.
     choice = spec.overrides({k: v for k, v in values.items() if k in groups})
@@ -81,8 +88,7 @@ def _check_probe(
             cfg = compose_config(conf_dir, base + choice)
             composed[label] = (cfg, validate(cfg))
         except ConfigError as err:
-            culprit = varied or next((p for p in spec.params if p.key in groups), spec.params[0])
-            raise error(culprit, str(err)) from None
+            raise error(culprit(err), str(err)) from None
     cfg, typed = composed[label][0].copy(), composed[label][1]
     for p in spec.params:
         if p.key not in groups and OmegaConf.select(cfg, p.key, default=_ABSENT) is _ABSENT:
@@ -92,7 +98,6 @@ def _check_probe(
             raise error(p, f"{p.key} is an integer, but W&B's {p.kind} gives floats ({p.key}=16.0); allowed for integers: int_uniform, values")
 
     # Then the values, set on the composed config (interpolations such as peft.r: ${rank} follow).
-    blamed = varied or (spec.searched[0] if spec.searched else spec.params[0])
     try:
         for key, value in values.items():
             if key not in groups:
@@ -100,12 +105,21 @@ def _check_probe(
                     OmegaConf.update(cfg, key, value, merge=False)
         return validate(cfg)
     except ConfigError as err:
-        raise error(blamed, str(err)) from None
+        raise error(culprit(err) or (spec.searched[0] if spec.searched else None), str(err)) from None
 
 
 def _check_against_data(spec: SweepSpec, typed: Config) -> None:
-    """Settings that fit only some data sizes (a validation every 100 batches of a 63-batch epoch)
-    would fail every trial once its data is read: count the training examples now and refuse."""
+    """The metric must be one the task logs, and settings that fit only some data sizes (a
+    validation every 100 batches of a 63-batch epoch) would fail every trial once its data is read:
+    count the training examples now and refuse."""
+    from peftlab.tasks import TASKS
+
+    logged = (*TASKS.get(typed.task.task, "task.task").metric_names, "loss")
+    if spec.metric_key not in logged:
+        raise ConfigError(
+            f"{spec.path}: metric.name={spec.metric} is not logged by task {typed.task.name}; "
+            f"allowed: {', '.join(METRIC_PREFIX + name for name in logged)}"
+        )
     n_train = _training_examples(typed.task, typed.seed)
     try:
         check_val_check_interval(typed.trainer, n_train, world=1)

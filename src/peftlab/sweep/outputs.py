@@ -115,6 +115,9 @@ def _write_importances(study: optuna.Study, sweep_dir: Path) -> str:
 
 
 def _write_plots(study: optuna.Study, sweep_dir: Path) -> dict[str, str]:
+    names = ("history", "parallel", "importances")
+    if best_trial(study) is None:  # Optuna's plots would log "There are no complete trials" for each
+        return {f"{name}.png": "skipped: no complete trial yet" for name in names}
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -122,8 +125,7 @@ def _write_plots(study: optuna.Study, sweep_dir: Path) -> dict[str, str]:
     from optuna.visualization import matplotlib as plots
 
     out = {}
-    for name, plot in (("history", plots.plot_optimization_history), ("parallel", plots.plot_parallel_coordinate),
-                       ("importances", plots.plot_param_importances)):  # fmt: skip
+    for name, plot in zip(names, (plots.plot_optimization_history, plots.plot_parallel_coordinate, plots.plot_param_importances)):
         path = sweep_dir / f"{name}.png"
         try:
             with warnings.catch_warnings():

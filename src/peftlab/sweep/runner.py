@@ -147,7 +147,11 @@ def work(settings: SweepSettings, spec: SweepSpec, worker_index: int) -> optuna.
             if finished >= settings.trials:
                 return study
             if failed >= max_failures:
-                raise SweepError(f"study {settings.study_name} has {failed} failed trials (--max-failures {max_failures}); see trials.md for their errors")
+                last = [t for t in trials if t.state == TrialState.FAIL][-1].user_attrs.get(ERROR_ATTR, "no error recorded")
+                raise SweepError(
+                    f"study {settings.study_name} has {failed} failed trials (--max-failures {max_failures}); "
+                    f"the last one: {last}; see trials.md for all of them"
+                )
             trial = study.ask() if finished + running < settings.trials else None
             if trial is not None:
                 trial.set_user_attr(WORKER_ATTR, me)

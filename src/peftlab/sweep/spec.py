@@ -81,7 +81,7 @@ class Param:
         if self.space is None:
             return [self.value]
         if isinstance(self.space, CategoricalDistribution):
-            return list(self.space.choices)
+            return [self.convert(c) for c in self.space.choices]
         return [self.convert(self.space.low), self.convert(self.space.high)]
 
 
@@ -146,9 +146,11 @@ def load_spec(path: Path) -> SweepSpec:
     if not path.is_file():
         raise ConfigError(f"{path}: no such sweep file")
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); allowed: a UTF-8 YAML file") from None
     err = _Errors(path)
     if not isinstance(doc, dict):
         raise err("", "a sweep file is a mapping with method, metric and parameters")
@@ -235,9 +237,12 @@ def _param(key: str, body: Any, err: _Errors) -> Param:
             if len(body["probabilities"]) != len(values) or abs(sum(body["probabilities"]) - 1) > 1e-6:
                 raise err(f"{where}.probabilities", "give one probability per value, summing to 1")
             warnings.warn(f"{err.path}: {where}.probabilities: W&B uses them; Optuna draws the values uniformly", stacklevel=2)
-        # Optuna's choices must be scalars; lists (target_modules) travel as their override text.
+        # Optuna's choices must be scalars; lists (target_modules) travel as their override text, and
+        # the trial gets the list back.
         choices = [v if v is None or isinstance(v, (bool, int, float, str)) else hydra_value(v) for v in values]
-        return Param(key, kind, CategoricalDistribution(choices))
+        originals = {c: v for c, v in zip(choices, values) if c is not v}
+        to_value = (lambda drawn: originals.get(drawn, drawn)) if originals else None
+        return Param(key, kind, CategoricalDistribution(choices), to_value=to_value)
 
     shape = {k: body.get(k, DEFAULTS.get(k)) for k in ("min", "max", "mu", "sigma", "q", "a", "b")}
     for k in _shape_keys(kind):

@@ -44,6 +44,7 @@ class Task:
     config_class: type[TaskConfig] = TaskConfig
     auto_model_class = "AutoModelForSequenceClassification"  # the transformers head this task trains
     main_metric = "accuracy"  # the metric tables rank by and sweeps optimise (higher is better)
+    metric_names: tuple[str, ...] = ("accuracy",)  # the keys of `metrics()`, known without building them
 
     def __init__(self, cfg: TaskConfig, seed: int) -> None:
         self.cfg = cfg
@@ -95,8 +96,11 @@ class Task:
 def require_file(path: Path, what: str) -> Path:
     """The data-not-there message: says how to get the data."""
     if not path.is_file():
-        hint = "run `dvc pull` in the project root to fetch it" if "data" in path.parts else "check the path"
-        raise DataError(f"{what} {path} does not exist; {hint} (or set data_dir=...)")
+        if "data" in path.parts:
+            hint = "run `dvc pull` in the project root to fetch it (or set data_dir=...)"
+        else:
+            hint = "check the path"
+        raise DataError(f"{what} {path} does not exist; {hint}")
     return path
 
 

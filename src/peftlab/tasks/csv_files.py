@@ -28,6 +28,10 @@ class CsvConfig(TaskConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(len(self.text_columns) in (1, 2), "task.text_columns", self.text_columns, "give 1 or 2 columns")
+        if self.labels is not None:
+            labels = [str(label) for label in self.labels]
+            require(len(labels) >= 2 and len(set(labels)) == len(labels), "task.labels", self.labels,
+                    "give at least 2 distinct labels, in index order, or null to take them from train_file")  # fmt: skip
         for key in ("train_file", "validation_file"):
             suffix = Path(getattr(self, key)).suffix.lower()
             require(suffix in FORMATS, f"task.{key}", getattr(self, key), f"allowed formats: {', '.join(FORMATS)}")
@@ -47,12 +51,18 @@ class CsvFiles(TextClassificationTask):
         records = _read_records(path)
         wanted = [*self.cfg.text_columns, self.cfg.label_column]
         for number, record in enumerate(records, start=1):
+            if not isinstance(record, dict):
+                raise DataError(f"{path} row {number} is not a record with named columns (JSON Lines: one object per line)")
             missing = [c for c in wanted if c not in record]
             if missing:
                 raise DataError(
                     f"{path} row {number} has no column {missing[0]!r}; its columns are {list(record)} "
                     f"(set task.text_columns / task.label_column)"
                 )
+            # A short CSV row or a JSON null would otherwise become the text or the class "None".
+            empty = [c for c in wanted if record[c] is None or (c == self.cfg.label_column and str(record[c]).strip() == "")]
+            if empty:
+                raise DataError(f"{path} row {number} has no value in column {empty[0]!r}; every row needs its text and its label")
         return [
             {"texts": tuple(str(r[c]) for c in self.cfg.text_columns), "label": str(r[self.cfg.label_column])}
             for r in records

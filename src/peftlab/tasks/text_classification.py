@@ -13,6 +13,7 @@ class TextClassificationTask(Task):
     """Subclasses implement `read(split)` returning {"texts": (a,) or (a, b), "label": str} rows."""
 
     given_labels: Optional[list[str]] = None  # the label set; None = every label seen in training
+    metric_names = ("accuracy", "f1")
 
     @cached_property
     def labels(self) -> list[str]:
