@@ -37,7 +37,8 @@ def peer_samples_per_s(steps: int, method: str, out: Path) -> float:
     from peftlab.cli import compose_config
     from peftlab.config import validate
     from peftlab.methods import METHODS
-    from peftlab.models import head_names, load_model, load_tokenizer
+    from peftlab.architectures import architecture_of
+    from peftlab.models import load_model, load_tokenizer
     from peftlab.tasks import TASKS
 
     cfg = validate(compose_config(ROOT / "conf", [f"peft={method}", f"data_dir={ROOT / 'data'}"]))
@@ -45,7 +46,7 @@ def peer_samples_per_s(steps: int, method: str, out: Path) -> float:
     tokenizer = load_tokenizer(cfg.model)
     train_set = task.encode(task.examples("train"), tokenizer)
     model = load_model(cfg.model, task)
-    model = METHODS.get(cfg.peft.method, "peft")(cfg.peft).apply(model, head_names(model), steps)  # get_peft_model for LoRA
+    model = METHODS.get(cfg.peft.method, "peft")(cfg.peft).apply(model, architecture_of(model, cfg.model.targets), steps)  # get_peft_model for LoRA
     args = TrainingArguments(
         output_dir=str(out / "peer"), per_device_train_batch_size=32, max_steps=steps, learning_rate=cfg.lr,
         warmup_steps=int(0.06 * steps), weight_decay=0.01, report_to=[], save_strategy="no", logging_steps=10_000,

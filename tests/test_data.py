@@ -128,6 +128,17 @@ def test_distributed_shares_are_equal_and_eval_scores_each_example_once():
 
 
 def test_declared_metric_names_are_the_metrics_a_task_computes(pair_files, sst2_available):
-    """Sweeps check their metric against `metric_names` before torch loads; it must say the truth."""
+    """Sweeps check their metric against `metric_info` before torch loads; it must say the truth."""
     for task in (task_for(f"data_dir={DATA}"), task_for(*csv_overrides(*pair_files))):
-        assert set(task.metrics().keys()) == set(task.metric_names)
+        assert set(task.metrics().keys()) == set(task.metric_names())
+
+
+def test_csv_files_as_spreadsheets_and_exporters_write_them(tmp_path):
+    """A byte-order mark, a 200 kB field and a .json array of records are all plain data."""
+    (tmp_path / "bom.csv").write_bytes("text,label\ngood,1\nbad,0\n".encode("utf-8-sig"))
+    (tmp_path / "long.tsv").write_text("text\tlabel\n" + "word " * 40_000 + "\t1\nbad\t0\n")
+    (tmp_path / "array.json").write_text(json.dumps([{"text": "good", "label": 1}, {"text": "bad", "label": 0}]))
+    for name in ("bom.csv", "long.tsv", "array.json"):
+        task = task_for("task=csv", f"task.train_file={tmp_path / name}", f"task.validation_file={tmp_path / name}")
+        rows = task.examples("train")
+        assert [r["label"] for r in rows] == ["1", "0"] and len(rows[0]["texts"][0]) >= 4, name

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
-from conftest import DATA, ROOT, train_tiny
+from conftest import DATA, train_tiny
 
 from peftlab.evaluate import evaluate_run, main
 
@@ -45,19 +43,9 @@ def test_cli_writes_eval_file_for_any_split(trained, tmp_path):
     assert set(record["scores"]) == {"accuracy", "f1", "loss"}
 
 
-def test_bad_input_is_one_line(tmp_path, capsys):
-    (tmp_path / "unfinished").mkdir()
-    for args, message in [
-        ((), "error: no run folder given; usage: python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]"),
-        (("x", "split=test"), "error: split=test is not a split; allowed: train, validation"),
-        (("x", "--out", "y"), "error: --out: unknown argument; allowed: split=, out= "
-                              "(usage: python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR])"),
-        ((str(tmp_path / "unfinished"),), f"error: {tmp_path / 'unfinished'} is not a finished run (no metrics.json)"),
-    ]:
-        with pytest.raises(SystemExit) as exit_:
-            main(list(args))
-        assert exit_.value.code == 2, args
-        assert capsys.readouterr().err.strip() == message
-    # and through the real command line, without a traceback
-    done = subprocess.run([sys.executable, "-m", "peftlab.evaluate", "x", "split=test"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr == "error: split=test is not a split; allowed: train, validation\n"
+@pytest.mark.parametrize("precision", ["bf16-true", "bf16-mixed", "64-true"])
+def test_evaluation_casts_as_training_did(tmp_path, precision, sst2_available):
+    """Scoring outside the Trainer goes through the run's own precision plugin: still bit-identical."""
+    train_tiny(tmp_path, "peft=lora", f"trainer.precision={precision}")
+    result = evaluate_run(tmp_path, "validation")
+    assert result["matches_training"] is True, (result["scores"], result["training_scores"])

@@ -127,7 +127,7 @@ def test_report_numbers_bold_marks_and_files(project, capsys):
     assert summary["git_commit"] == commit and summary["seeds"] == [1, 2, 3]
 
     md = (root / "results" / "table.md").read_text().splitlines()
-    assert md[0] == ("| Method | n | Trainable | Trainable (%) | Accuracy (%) | F1 (%) | Peak mem. (MB) "
+    assert md[0] == ("| Method | n | Trainable | Trainable (%) | Accuracy (%) ↑ | F1 (%) ↑ | Peak mem. (MB) "
                      "| Train time (s) | Throughput (samples/s) | Weights |")
     assert md[2] == "| full | 3 | 22,713,602 | 100 | **91.00 ± 1.00** | **90.00 ± 1.00** | 1500 | 60.0 | 40.0 | 85.8 MB |"
     assert md[3] == "| lora | 3 | 1,000,000 | 4.4 | 82.00 ± 2.00† | 81.00 ± 2.00 | 900 | 30.0 | 80.0 | 3.8 MB |"
@@ -244,3 +244,24 @@ def test_command_line_errors_are_one_line(tmp_path):
         assert done.returncode == 2, args
         assert done.stderr.strip().splitlines()[-1] == message
         assert "Traceback" not in done.stderr
+
+
+def test_a_lower_is_better_raw_metric_is_printed_raw_and_the_lowest_is_bold(project, tmp_path):
+    """The report follows the run's own metric_info: a perplexity-like main metric, no percent."""
+    folders = []
+    for method, values in {"full": [2.0, 2.2], "lora": [3.0, 3.4]}.items():
+        for seed, value in enumerate(values, start=1):
+            folder = write_run(tmp_path / "runs" / f"{method}-s{seed}", method, seed, value, with_eval=False)
+            record = json.loads((folder / "metrics.json").read_text())
+            record.update(main_metric="perplexity", metric_info={"perplexity": {"higher_is_better": False, "percent": False}})
+            record["eval"] = {"split": "validation", "n": 872, "perplexity": value, "loss": 0.3}
+            (folder / "metrics.json").write_text(json.dumps(record))
+            folders.append(folder)
+    run([*map(str, folders), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "table.md").read_text().splitlines()
+    header = [c.strip() for c in md[0].split("|")]
+    assert "Perplexity ↓" in header
+    column = header.index("Perplexity ↓")
+    cells = {line.split("|")[1].strip(): line.split("|")[column].strip() for line in md[2:4]}
+    assert cells == {"full": "**2.10 ± 0.14**", "lora": "3.20 ± 0.28"}
+    assert r"Perplexity $\downarrow$" in (tmp_path / "out" / "table.tex").read_text()

@@ -62,13 +62,16 @@ class TaskDataModule(L.LightningDataModule):
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
-        self.splits: dict[str, list[dict]] = {}
+        self.splits: dict[str, list[dict]] = {}  # encoded: a QA question can be several windows
+        self.counts: dict[str, int] = {}  # examples per split, as the task counts them
         self.collate = task.collator(tokenizer)
 
     def setup(self, stage: str | None = None) -> None:
         for split in ("train", "validation"):
             if split not in self.splits:
-                self.splits[split] = self.task.encode(self.task.examples(split), self.tokenizer)
+                examples = self.task.examples(split)
+                self.counts[split] = len(examples)
+                self.splits[split] = self.task.encode(examples, self.tokenizer)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.outputs import atomic_write, read_metrics
+from peftlab.outputs import atomic_write, make_output_folder, read_metrics
 from peftlab.tasks.base import SPLITS
 
 USAGE = "usage: python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]"
@@ -39,8 +39,6 @@ def parse_args(argv: list[str]) -> tuple[Path, dict[str, Any]]:
         if not sep or key not in OPTIONS:
             raise ConfigError(f"{arg}: unknown argument; allowed: {', '.join(f'{k}=' for k in OPTIONS)} ({USAGE})")
         options[key] = value
-    if options["out"] and Path(options["out"]).exists() and not Path(options["out"]).is_dir():
-        raise ConfigError(f"out={options['out']} is a file; allowed: a folder (it is created if missing)")
     if options["split"] not in SPLITS:
         raise ConfigError(f"split={options['split']} is not a split; allowed: {', '.join(SPLITS)}")
     return Path(argv[0]), options
@@ -53,26 +51,26 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     load_run_config(run_dir)  # a folder that is not a finished run fails before torch loads
     import torch
     from torch.utils.data import DataLoader
-    from torchmetrics import MeanMetric
 
     from peftlab.data import eval_batches
     from peftlab.models import load_tokenizer
     from peftlab.reload import load_run
+    from peftlab.scoring import Scorer, precision_plugin
 
     cfg, task, model = load_run(run_dir)
     tokenizer = load_tokenizer(cfg.model)
-    examples = task.encode(task.examples(split), tokenizer)
+    raw = task.examples(split)
+    examples = task.encode(raw, tokenizer)
     batches = eval_batches([len(e["input_ids"]) for e in examples], cfg.trainer.eval_batch_size)
     loader = DataLoader(examples, batch_sampler=batches, collate_fn=task.collator(tokenizer))
 
-    metrics, loss = task.metrics(), MeanMetric()
-    with torch.inference_mode():
+    scorer = Scorer(task)
+    precision = precision_plugin(cfg.trainer.precision)  # cast and autocast as training's validation did
+    model = precision.convert_module(model)
+    with torch.inference_mode(), precision.forward_context():
         for batch in loader:
-            out = model(**batch)
-            loss.update(out.loss, weight=len(batch["labels"]))
-            metrics.update(*task.metric_inputs(out.logits, batch["labels"]))
-    scores = {name: float(value) for name, value in metrics.compute().items()}
-    scores["loss"] = float(loss.compute())
+            scorer.update(model, precision.convert_input(batch))
+    scores = scorer.compute()
 
     recorded = read_metrics(run_dir)
     trained_on_split = recorded["eval"].get("split") == split
@@ -84,18 +82,17 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
         "task": recorded["task"],
         "seed": recorded["seed"],
         "split": split,
-        "n": len(examples),
+        "n": len(raw),
         "batch_size": cfg.trainer.eval_batch_size,
         "scores": scores,
-        "data": split_fingerprint(cfg.task, split),
+        "data": split_fingerprint(task.split_file(split)),
         "training_scores": training_scores,
         "matches_training": None if training_scores is None else training_scores == scores,
     }
 
 
-def split_fingerprint(task_cfg, split: str) -> dict[str, Optional[str]]:
+def split_fingerprint(path: Optional[Path]) -> dict[str, Optional[str]]:
     """The split's file and its md5, which is the hash DVC 3 records for it in data.dvc's listing."""
-    path = split_file(task_cfg, split)
     if path is None or not path.is_file():
         return {"file": None if path is None else str(path), "md5": None}
     digest = hashlib.md5()
@@ -105,31 +102,15 @@ def split_fingerprint(task_cfg, split: str) -> dict[str, Optional[str]]:
     return {"file": str(path), "md5": digest.hexdigest()}
 
 
-def split_file(task_cfg, split: str) -> Optional[Path]:
-    """Where a task reads a split from: `task=csv` names its files, folder tasks (SST-2) list theirs."""
-    import importlib
-
-    from peftlab.tasks import TASKS
-
-    named = getattr(task_cfg, f"{split}_file", None)
-    if named:
-        return Path(named)
-    module = importlib.import_module(TASKS.get(task_cfg.task, "task.task").__module__)
-    files = getattr(module, "FILES", {})
-    data_dir = getattr(task_cfg, "data_dir", None)
-    return Path(data_dir) / files[split] if data_dir and split in files else None
-
-
 def main(argv: Optional[list[str]] = None) -> None:
     from peftlab.cli import fail
 
     try:
         run_dir, options = parse_args(sys.argv[1:] if argv is None else argv)
+        out_dir = make_output_folder(Path(options["out"]), "out") if options["out"] else run_dir
         result = evaluate_run(run_dir, options["split"])
     except PeftlabError as err:
         fail(err)
-    out_dir = Path(options["out"]) if options["out"] else run_dir
-    out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / eval_file_name(options["split"]), json.dumps(result, indent=2) + "\n")
     scores = ", ".join(f"{k} {v:.4f}" for k, v in result["scores"].items())
     match = {True: "equal to training's", False: "DIFFERENT from training's", None: "not scored in training"}

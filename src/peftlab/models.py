@@ -6,16 +6,15 @@ from peftlab.config import ModelConfig
 from peftlab.errors import ConfigError, ModelError, first_line
 from peftlab.tasks import Task
 
-# Top-level modules that form a transformers task head; they always train. `pooler` is absent on
-# purpose: it is pretrained and belongs to the backbone.
-HEAD_NAMES = ("pre_classifier", "classifier", "score")
-
 
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     key = "model.name_or_path" if cfg.tokenizer == cfg.name_or_path else "model.tokenizer"
-    return _from_pretrained(AutoTokenizer, key, cfg.tokenizer)
+    tokenizer = _from_pretrained(AutoTokenizer, key, cfg.tokenizer)
+    if tokenizer.pad_token is None:  # GPT-2 and LLaMA tokenizers have none; batches need one
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return tokenizer
 
 
 def load_model(cfg: ModelConfig, task: Task):
@@ -32,36 +31,45 @@ def load_model(cfg: ModelConfig, task: Task):
         # so a saved adapter must reload onto the very same base.
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            try:
-                return auto_class.from_config(config_class(**kwargs, **task.model_kwargs()))
-            except (ValueError, TypeError) as err:  # the config class's own checks (heads vs width, ...)
+            try:  # the config class's own checks (heads vs width, field types, ...)
+                config = config_class(**kwargs, **task.model_kwargs())
+                return auto_class.from_config(config)
+            except Exception as err:  # noqa: BLE001 -- any refusal of these settings is the user's to fix
                 raise ModelError(f"model.random_init: {config_class.__name__} refuses these settings: {first_line(err)}") from None
     return _from_pretrained(auto_class, "model.name_or_path", cfg.name_or_path, **task.model_kwargs())
 
 
 def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
     """transformers' real loading code (hub or folder), with a one-line error when it cannot."""
+    from pathlib import Path
+
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
+    except ValueError as err:  # e.g. a vision model where a text head is asked for
+        raise ModelError(f"{key}={name_or_path!r} has no {auto_class.__name__} ({first_line(err)})") from None
     except OSError as err:
+        if Path(name_or_path).expanduser().is_dir():
+            raise ModelError(f"{key}={name_or_path!r}: the folder could not be loaded ({first_line(err)})") from None
         raise ModelError(
             f"{key}={name_or_path!r} could not be loaded: not a local folder, and neither the Hugging Face Hub "
             f"nor its local cache has it ({first_line(err)})"
         ) from None
 
 
-def check_max_length(model, max_length: int) -> None:
-    """Longer sequences than the model has positions for fail deep in its forward pass."""
+def check_model_fits(model, tokenizer, max_length: int, position_offset: int) -> None:
+    """Token ids or lengths the model has no embeddings for fail deep in its forward pass."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if vocab < len(tokenizer):
+        raise ConfigError(
+            f"the model has embeddings for {vocab} tokens, but its tokenizer has {len(tokenizer)}; "
+            "allowed: a tokenizer of the model's own vocabulary (model.tokenizer), or a larger vocab_size"
+        )
     positions = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(positions, int) and max_length > positions:
+    if isinstance(positions, int) and max_length > positions - position_offset:
         raise ConfigError(
             f"task.max_length={max_length} is out of range for this {model.config.model_type} model; "
-            f"allowed: 8 to {positions}, its number of positions"
+            f"allowed: 8 to {positions - position_offset}, its number of positions"
         )
-
-
-def head_names(model) -> list[str]:
-    return [name for name, _ in model.named_children() if name in HEAD_NAMES]
 
 
 def count_parameters(model) -> dict[str, float]:

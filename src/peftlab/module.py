@@ -4,47 +4,43 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torchmetrics import MeanMetric
 
+from peftlab.architectures import NO_DECAY
 from peftlab.config import TrainerConfig
 from peftlab.errors import TrainingError
 from peftlab.methods import Method
+from peftlab.scoring import Scorer
 from peftlab.tasks import Task
-
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
 class PeftModule(L.LightningModule):
-    def __init__(self, model, method: Method, task: Task, lr: float, trainer_cfg: TrainerConfig, total_steps: int):
+    def __init__(self, model, method: Method, task: Task, lr: float, trainer_cfg: TrainerConfig, total_steps: int,
+                 no_decay: tuple[str, ...] = NO_DECAY):  # fmt: skip
         super().__init__()
         self.model, self.method, self.task = model, method, task
         self.lr, self.trainer_cfg, self.total_steps = lr, trainer_cfg, total_steps
-        self.val_metrics = task.metrics()
-        self.val_loss = MeanMetric()
+        self.no_decay = no_decay  # parameter-name suffixes without weight decay (the architecture's)
+        self.scorer = Scorer(task)  # the evaluation path `peftlab.evaluate` runs too
         self.train_samples = 0  # this rank's count
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (global step, metrics)
 
     def training_step(self, batch, batch_idx):
         # The model computes the loss itself, so method-specific terms (AdaLoRA's orthogonal
         # regulariser) are included as the library defines them.
-        loss = self.model(**batch).loss
+        loss = self.model(**self.task.model_inputs(batch)).loss
         if not torch.isfinite(loss):
             raise TrainingError(diverged(loss.item(), self.global_step + 1, self.total_steps, self.lr, self.trainer_cfg))
-        self.train_samples += len(batch["labels"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["labels"]))
+        self.train_samples += len(batch["input_ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
     def validation_step(self, batch, batch_idx):
-        out = self.model(**batch)
-        self.val_loss.update(out.loss, weight=len(batch["labels"]))
-        self.val_metrics.update(*self.task.metric_inputs(out.logits, batch["labels"]))
+        self.scorer.update(self.model, batch)
 
     def on_validation_epoch_end(self):
         # compute() gathers the metric states of every rank: each example counted once.
-        values = {name: float(value) for name, value in self.val_metrics.compute().items()}
-        values["loss"] = float(self.val_loss.compute())
-        self.val_metrics.reset()
-        self.val_loss.reset()
+        values = self.scorer.compute()
+        self.scorer.reset()
         self.last_eval = (self.global_step, values)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True, rank_zero_only=True)
 
@@ -53,8 +49,8 @@ class PeftModule(L.LightningModule):
 
         named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         groups = [
-            {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": self.trainer_cfg.weight_decay},
-            {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
+            {"params": [p for n, p in named if not n.endswith(self.no_decay)], "weight_decay": self.trainer_cfg.weight_decay},
+            {"params": [p for n, p in named if n.endswith(self.no_decay)], "weight_decay": 0.0},
         ]
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
         warmup = int(self.trainer_cfg.warmup_ratio * self.total_steps)

@@ -28,12 +28,14 @@ from peftlab.data import TaskDataModule
 from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
-from peftlab.models import check_max_length, count_parameters, head_names, load_model, load_tokenizer
+from peftlab.architectures import architecture_of
+from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer
 from peftlab.module import PeftModule
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_metrics
 from peftlab.progress import PlannedStepsProgressBar
 from peftlab.quiet import quiet_libraries
 from peftlab.tasks import TASKS
+from peftlab.tasks.base import LOSS
 
 LOG_EVERY_N_STEPS = 10
 # Set by the launchers Lightning reads a multi-node run's ranks from (its own, torchrun, SLURM, LSF, MPI).
@@ -72,12 +74,16 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
         with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
             model = load_model(cfg.model, task)
-            check_max_length(model, cfg.task.max_length)  # ranges that depend on the model: its positions,
-            method.check(model)  # and its layers' sizes and names
-            model = method.apply(model, head=head_names(model), total_steps=total_steps)
+            arch = architecture_of(model, cfg.model.targets)  # what is adapted, what is the head
+            if model.config.pad_token_id is None:  # a decoder's score head finds the last real token by it
+                model.config.pad_token_id = tokenizer.pad_token_id
+            check_model_fits(model, tokenizer, cfg.task.max_length, arch.profile.position_offset)  # its vocabulary and positions,
+            method.check(model, arch)  # and its layers' sizes and names
+            model = method.apply(model, arch, total_steps=total_steps)
+            settings = method.settings(model, arch)  # what took effect, for the record
         model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
         params = count_parameters(model)
-        module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps)
+        module = PeftModule(model, method, task, cfg.lr, cfg.trainer, total_steps, arch.profile.no_decay)
 
         if trainer.is_global_zero:
             start_run_folder(run_dir, raw)
@@ -104,8 +110,11 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                 rank=cfg.rank,
                 alpha=cfg.alpha,
                 lr=cfg.lr,
+                peft=settings,
+                architecture=arch.model_type,
                 main_metric=task.main_metric,
-                eval={"split": "validation", "n": len(data.splits["validation"]), **module.last_eval[1]},
+                metric_info={m.name: {"higher_is_better": m.higher_is_better, "percent": m.percent} for m in (*task.metric_info, LOSS)},
+                eval={"split": "validation", "n": data.counts["validation"], **module.last_eval[1]},
                 params=params,
                 train={
                     "steps": trainer.global_step,
@@ -114,7 +123,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                     "time_s": round(train_time, 3),
                     "samples_per_s": round(samples / train_time, 2),
                     "devices": trainer.world_size,
-                    "precision": cfg.trainer.precision,
+                    "precision": str(trainer.precision),  # what ran: Lightning runs 16-mixed as bf16-mixed on CPU
                 },
                 memory=_peak_memory(trainer),
                 weights={"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from peftlab.architectures import architecture_of
 from peftlab.config import Config, config_errors, validate
 from peftlab.errors import ConfigError, DataError, first_line
 from peftlab.methods import METHODS
@@ -37,7 +38,7 @@ def load_run_config(run_dir: Path) -> Config:
             merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
         return validate(merged)
     except ConfigError as err:
-        raise DataError(f"{path} is not a valid run config: {err}") from None
+        raise DataError(f"{path}: {err}") from None  # e.g. its model folder is gone
 
 
 def load_run(run_dir: Path):
@@ -49,7 +50,8 @@ def load_run(run_dir: Path):
     from safetensors import SafetensorError
 
     try:
-        model = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).load(base, run_dir / WEIGHTS_DIR)
+        arch = architecture_of(base, cfg.model.targets)
+        model = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).load(base, run_dir / WEIGHTS_DIR, arch)
     except (ValueError, OSError, RuntimeError, SafetensorError) as err:  # files missing, corrupt, or from another model
         raise DataError(f"{run_dir / WEIGHTS_DIR}: the saved weights cannot be loaded ({first_line(err)})") from None
     return cfg, task, model.eval()

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import II
 
+from peftlab.architectures import check_target_setting
 from peftlab.errors import ConfigError, require
 from peftlab.methods.base import METHODS, MethodConfig
 from peftlab.methods.peft_library import PeftLibraryMethod
@@ -24,7 +25,7 @@ class AdaLoraConfig(MethodConfig):
     init_r: Optional[int] = None  # starting rank of every matrix; None = ceil(1.5 * target_r), as peft's 12 -> 8
     alpha: float = II("alpha")
     dropout: float = 0.1
-    target_modules: list[str] = II("model.targets.all_linear")
+    target_modules: Any = "all_linear"  # a target set of the architecture, or a list of module-name suffixes
     tinit: Optional[int] = None  # steps of warm-up at the full budget; None = 10% of training
     tfinal: Optional[int] = None  # final steps at the target budget; None = 30% of training
     deltaT: int = 10  # steps between two budget re-allocations
@@ -40,8 +41,14 @@ class AdaLoraConfig(MethodConfig):
         require(self.target_r >= 1, "rank", self.target_r, "AdaLoRA's target rank must be >= 1")
         require(self.init_r >= self.target_r, "peft.init_r", self.init_r, f"it must be >= the target rank {self.target_r}")
         require(self.deltaT >= 1, "peft.deltaT", self.deltaT, "it must be >= 1")
+        for key in ("beta1", "beta2"):
+            require(0 <= getattr(self, key) < 1, f"peft.{key}", getattr(self, key), "it must be in [0, 1): an EMA factor")
+        for key in ("tinit", "tfinal"):
+            value = getattr(self, key)
+            require(value is None or value >= 0, f"peft.{key}", value, "it must be >= 0 steps, or null for the default")
         require(self.orth_reg_weight >= 0, "peft.orth_reg_weight", self.orth_reg_weight, "it must be >= 0")
         require(0 <= self.dropout < 1, "peft.dropout", self.dropout, "it must be in [0, 1)")
+        check_target_setting("peft.target_modules", self.target_modules)
 
 
 @METHODS.register("adalora")
@@ -59,16 +66,16 @@ class AdaLora(PeftLibraryMethod):
             )
         return tinit, tfinal
 
-    def peft_config(self, head, total_steps):
+    def peft_config(self, arch, head, total_steps):
         import peft
 
-        tinit, tfinal = self.schedule(total_steps)
+        tinit, tfinal = self.schedule_steps = self.schedule(total_steps)  # kept for the run record
         return peft.AdaLoraConfig(
             init_r=self.cfg.init_r,
             target_r=self.cfg.target_r,
             lora_alpha=self.cfg.alpha,
             lora_dropout=self.cfg.dropout,
-            target_modules=list(self.cfg.target_modules),
+            target_modules=self.targets(arch),
             tinit=tinit,
             tfinal=tfinal,
             deltaT=self.cfg.deltaT,
@@ -81,6 +88,11 @@ class AdaLora(PeftLibraryMethod):
 
     def ranks(self):
         return {"peft.init_r": self.cfg.init_r}  # every matrix starts at init_r >= target_r
+
+    def settings(self, model, arch):
+        tinit, tfinal = getattr(self, "schedule_steps", (None, None))
+        return {"init_r": self.cfg.init_r, "target_r": self.cfg.target_r, "alpha": self.cfg.alpha, **super().settings(model, arch),
+                "tinit": tinit, "tfinal": tfinal, "deltaT": self.cfg.deltaT}  # fmt: skip
 
     def after_optimizer_step(self, model, step):
         model.base_model.update_and_allocate(step)

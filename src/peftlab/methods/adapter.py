@@ -8,6 +8,7 @@ from typing import Optional
 
 from omegaconf import II
 
+from peftlab.architectures import Architecture
 from peftlab.errors import ConfigError, require, require_choice
 from peftlab.methods.base import METHODS, Method, MethodConfig, freeze_all_but
 from peftlab.methods.targets import layer_suffixes, model_label
@@ -22,8 +23,8 @@ class AdapterConfig(MethodConfig):
     bottleneck_dim: int = II("rank")  # width of the bottleneck
     reduction_factor: Optional[int] = None  # when set, bottleneck_dim = hidden size // reduction_factor
     activation: str = "relu"  # relu | gelu | silu | tanh
-    attention_output: str = II("model.targets.attention_output")  # projection that ends attention
-    ffn_output: str = II("model.targets.ffn_output")  # projection that ends the feed-forward block
+    attention_output: Optional[str] = None  # projection that ends attention; null = the architecture's
+    ffn_output: Optional[str] = None  # projection that ends the feed-forward block; null = the architecture's
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
@@ -44,8 +45,18 @@ class Adapter(Method):
             return max(1, hidden_size // self.cfg.reduction_factor)
         return self.cfg.bottleneck_dim
 
-    def check(self, model):
-        width = model.config.hidden_size
+    def insertion_points(self, arch: Architecture) -> tuple[Optional[str], str]:
+        """(attention_output, ffn_output) suffixes: Pfeiffer has no attention adapter."""
+        attention = self.cfg.attention_output or arch.profile.attention_output
+        return (attention if self.cfg.variant == "houlsby" else None), self.cfg.ffn_output or arch.profile.ffn_output
+
+    def settings(self, model, arch):
+        attention_output, ffn_output = self.insertion_points(arch)
+        return {"variant": self.cfg.variant, "bottleneck_dim": self.bottleneck_dim(_width(model)),
+                "activation": self.cfg.activation, "attention_output": attention_output, "ffn_output": ffn_output}  # fmt: skip
+
+    def check(self, model, arch):
+        width = _width(model)
         dim = self.bottleneck_dim(width)
         if dim > width:
             raise ConfigError(
@@ -53,21 +64,27 @@ class Adapter(Method):
                 "its hidden size (a bottleneck is narrower than the layer it adapts)"
             )
 
-    def apply(self, model, head, total_steps):
+    def apply(self, model, arch, total_steps):
         from peftlab.nn.bottleneck import insert_bottleneck_adapters
 
+        attention_output, ffn_output = self.insertion_points(arch)
         try:
             adapted = insert_bottleneck_adapters(
                 model,
-                attention_output=self.cfg.attention_output if self.cfg.variant == "houlsby" else None,
-                ffn_output=self.cfg.ffn_output,
-                bottleneck_dim=self.bottleneck_dim(model.config.hidden_size),
+                attention_output=attention_output,
+                ffn_output=ffn_output,
+                bottleneck_dim=self.bottleneck_dim(_width(model)),
                 activation=self.cfg.activation,
             )
         except LookupError as err:
             raise ConfigError(
                 f"peft.attention_output / peft.ffn_output: {err} in {model_label(model)}; allowed: names its "
-                f"layers end in: {', '.join(layer_suffixes(model))}"
+                f"Linear layers end in: {', '.join(layer_suffixes(model, linear_only=True))}"
             ) from None
-        freeze_all_but(model, [f"{name}.adapter" for name in adapted] + head)
+        freeze_all_but(model, [f"{name}.adapter" for name in adapted] + arch.profile.head_modules(model))
         return model
+
+
+def _width(model) -> int:
+    config = model.config
+    return getattr(config, "hidden_size", None) or config.dim  # DistilBERT calls it dim

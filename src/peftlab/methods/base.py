@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
@@ -18,6 +18,8 @@ from peftlab.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
+
+    from peftlab.architectures import Architecture
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -42,13 +44,19 @@ class Method:
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
 
-    def check(self, model: nn.Module) -> None:
+    def check(self, model: nn.Module, arch: Architecture) -> None:
         """Raise ConfigError for settings this model cannot take (a rank above its layers' size, a
         target that matches nothing); called before `apply`, once the model is known."""
 
-    def apply(self, model: nn.Module, head: list[str], total_steps: int) -> nn.Module:
-        """Freeze what stays frozen, add what trains; `head` names the task head, which always trains."""
+    def apply(self, model: nn.Module, arch: Architecture, total_steps: int) -> nn.Module:
+        """Freeze what stays frozen, add what trains; the task head (`arch.profile.head_modules`)
+        always trains."""
         raise NotImplementedError
+
+    def settings(self, model: nn.Module, arch: Architecture) -> dict[str, Any]:
+        """The settings that took effect on this model (target sets expanded to module names, an
+        adapter width from its reduction factor), for the run record."""
+        return {}
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are zeroed (AdaLoRA re-allocates ranks here)."""
@@ -61,11 +69,11 @@ class Method:
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"method": self.cfg.name})
 
-    def load(self, model: nn.Module, folder: Path) -> nn.Module:
+    def load(self, model: nn.Module, folder: Path, arch: Architecture) -> nn.Module:
         """Inverse of `save` on a base model: rebuild the method's structure, then load its weights."""
         from safetensors.torch import load_file
 
-        model = self.apply(model, head=[], total_steps=1)
+        model = self.apply(model, arch, total_steps=1)
         tensors = load_file(str(folder / WEIGHTS_FILE))
         unknown = set(tensors) - dict(model.named_parameters()).keys()
         if unknown:

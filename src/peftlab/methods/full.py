@@ -16,7 +16,7 @@ class FullConfig(MethodConfig):
 class Full(Method):
     config_class = FullConfig
 
-    def apply(self, model, head, total_steps):
+    def apply(self, model, arch, total_steps):
         for param in model.parameters():
             param.requires_grad = True
         return model

@@ -16,6 +16,6 @@ class LinearProbeConfig(MethodConfig):
 class LinearProbe(Method):
     config_class = LinearProbeConfig
 
-    def apply(self, model, head, total_steps):
-        freeze_all_but(model, head)
+    def apply(self, model, arch, total_steps):
+        freeze_all_but(model, arch.profile.head_modules(model))
         return model

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from omegaconf import II
 
+from peftlab.architectures import check_target_setting
 from peftlab.errors import require
 from peftlab.methods.base import METHODS, MethodConfig
 from peftlab.methods.peft_library import PeftLibraryMethod
@@ -16,29 +18,32 @@ class LoraConfig(MethodConfig):
     r: int = II("rank")  # rank of the update B A
     alpha: float = II("alpha")  # scaling numerator: the update is multiplied by alpha / r
     dropout: float = 0.1  # dropout on the LoRA branch input
-    target_modules: list[str] = II("model.targets.all_linear")  # module-name suffixes to adapt
+    target_modules: Any = "all_linear"  # a target set of the architecture, or a list of module-name suffixes
     lr: float = 1e-3
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 <= self.dropout < 1, "peft.dropout", self.dropout, "it must be in [0, 1)")
-        require(len(self.target_modules) > 0, "peft.target_modules", self.target_modules, "name at least one module")
+        check_target_setting("peft.target_modules", self.target_modules)
 
 
 @METHODS.register("lora")
 class Lora(PeftLibraryMethod):
     config_class = LoraConfig
 
-    def peft_config(self, head, total_steps):
+    def peft_config(self, arch, head, total_steps):
         import peft
 
         return peft.LoraConfig(
             r=self.cfg.r,
             lora_alpha=self.cfg.alpha,
             lora_dropout=self.cfg.dropout,
-            target_modules=list(self.cfg.target_modules),
+            target_modules=self.targets(arch),
             modules_to_save=head or None,
         )
 
     def ranks(self):
         return {"peft.r": self.cfg.r}
+
+    def settings(self, model, arch):
+        return {"r": self.cfg.r, "alpha": self.cfg.alpha, "dropout": self.cfg.dropout, **super().settings(model, arch)}

@@ -12,47 +12,56 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
+from peftlab.architectures import Architecture
 from peftlab.errors import ConfigError, first_line
 from peftlab.methods.base import METHODS, Method, MethodConfig
 from peftlab.methods.targets import adapted_layers, check_rank
 
 
+# Options of peft configs that name modules, and so may name a target set of the architecture.
+MODULE_OPTIONS = ("target_modules", "feedforward_modules")
+
+
 class PeftLibraryMethod(Method):
     """Base for methods whose structure peft builds; subclasses return the peft config."""
 
-    def peft_config(self, head: list[str], total_steps: int):
+    target_key = "peft.target_modules"  # where the targets are set, for error messages
+
+    def peft_config(self, arch: Architecture, head: list[str], total_steps: int):
         raise NotImplementedError
 
-    def target_modules(self) -> tuple[str, Optional[list[str]]]:
-        """(config key, the module names it targets); None when peft picks them (a regex, say)."""
-        targets = getattr(self.cfg, "target_modules", None)
-        return "peft.target_modules", list(targets) if isinstance(targets, (list, tuple)) else None
+    def targets(self, arch: Architecture) -> Optional[list[str]]:
+        """The module names it adapts on this architecture (a target set expanded)."""
+        return arch.expand(self.cfg.target_modules, self.target_key)
 
     def ranks(self) -> dict[str, int]:
         """{config key: rank} of the low-rank factors this method builds, for the size check."""
         return {}
 
-    def check(self, model) -> None:
-        key, targets = self.target_modules()
+    def check(self, model, arch) -> None:
+        targets = self.targets(arch)
         if targets is None:
             return
-        layers = adapted_layers(model, list(targets), key)
+        layers = adapted_layers(model, targets, self.target_key)
         for rank_key, rank in self.ranks().items():
             check_rank(model, layers, rank_key, rank)
 
-    def apply(self, model, head, total_steps):
+    def settings(self, model, arch):
+        return {"target_modules": self.targets(arch)}
+
+    def apply(self, model, arch, total_steps):
         from peft import get_peft_model
 
         # modules_to_save keeps the task head trainable and stores it with the adapter.
         try:
-            return get_peft_model(model, self.peft_config(head, total_steps))
-        except ValueError as err:  # peft's own checks of the config against the model
+            return get_peft_model(model, self.peft_config(arch, arch.profile.head_modules(model), total_steps))
+        except (ValueError, TypeError) as err:  # peft's own checks of the config against the model, or option types
             raise ConfigError(f"peft cannot apply {self.cfg.name} to this model: {first_line(err)}") from None
 
     def save(self, model, folder: Path) -> None:
         model.save_pretrained(str(folder))
 
-    def load(self, model, folder: Path):
+    def load(self, model, folder: Path, arch):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(model, str(folder))
@@ -68,7 +77,9 @@ class PeftConfig(MethodConfig):
 class PeftByName(PeftLibraryMethod):
     config_class = PeftConfig
 
-    def peft_config(self, head, total_steps):
+    target_key = "peft.options.target_modules"
+
+    def peft_config(self, arch, head, total_steps):
         import peft
 
         config_class = getattr(peft, self.cfg.peft_config, None)
@@ -78,14 +89,28 @@ class PeftByName(PeftLibraryMethod):
                 "allowed: a peft *Config class such as IA3Config, LoHaConfig, LoKrConfig, VeraConfig"
             )
         try:
-            return config_class(**self.cfg.options, modules_to_save=head or None)
+            return config_class(**self.options(arch), modules_to_save=head or None)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"peft.options for {self.cfg.peft_config}: {first_line(err)}") from None
 
-    def target_modules(self):
-        targets = self.cfg.options.get("target_modules")
-        return "peft.options.target_modules", list(targets) if isinstance(targets, (list, tuple)) else None
+    def options(self, arch: Architecture) -> dict[str, Any]:
+        """The peft config's keyword arguments, with target sets (`target_modules: attention`)
+        expanded to this architecture's module names."""
+        options = dict(self.cfg.options)
+        for key in MODULE_OPTIONS:
+            if isinstance(options.get(key), str):
+                options[key] = arch.expand(options[key], f"peft.options.{key}")
+        return options
+
+    def targets(self, arch):
+        targets = self.options(arch).get("target_modules")
+        return list(targets) if isinstance(targets, (list, tuple)) else None  # None: peft's own choice
+
+    def settings(self, model, arch):
+        return {"peft_config": self.cfg.peft_config, **self.options(arch)}
 
     def ranks(self):
         rank = self.cfg.options.get("r")
-        return {"peft.options.r": rank} if isinstance(rank, int) else {}
+        if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
+            raise ConfigError(f"peft.options.r={rank} is out of range; it must be an integer >= 1")
+        return {} if rank is None else {"peft.options.r": rank}

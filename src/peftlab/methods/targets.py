@@ -47,9 +47,15 @@ def adapted_layers(model, targets: list[str], key: str) -> dict[str, tuple[int, 
     }
 
 
-def layer_suffixes(model) -> list[str]:
-    """Short names of the model's adaptable layers (query, value, dense...), for error messages."""
-    return sorted({name.rpartition(".")[2] for name, module in model.named_modules() if name and layer_dims(module)})
+def layer_suffixes(model, linear_only: bool = False) -> list[str]:
+    """Short names of the model's adaptable layers (query, value, dense...), for error messages;
+    `linear_only` for bottleneck adapters, which sit on nn.Linear projections only."""
+    from torch import nn
+
+    return sorted({
+        name.rpartition(".")[2] for name, module in model.named_modules()
+        if name and (isinstance(module, nn.Linear) if linear_only else layer_dims(module))
+    })  # fmt: skip
 
 
 def check_rank(model, layers: dict[str, tuple[int, int]], key: str, rank: int) -> None:

@@ -9,7 +9,8 @@ from typing import Optional
 
 from peftlab.cli import OneLineParser
 from peftlab.errors import ConfigError, DataError, PeftlabError
-from peftlab.outputs import atomic_write
+from peftlab.outputs import atomic_write, make_output_folder
+from peftlab.tasks.base import SPLITS
 from peftlab.report import render
 from peftlab.report.plots import write_plots
 from peftlab.report.provenance import Provenance, provenance
@@ -59,8 +60,8 @@ def run(argv: list[str]) -> list[Path]:
         folders += grid_folders(args.runs_dir, args.methods, args.seeds)
     if not folders:
         raise ConfigError("no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds")
-    if args.out.exists() and not args.out.is_dir():
-        raise ConfigError(f"--out {args.out} is a file; allowed: a folder (it is created if missing)")
+    if args.split not in SPLITS:
+        raise ConfigError(f"--split {args.split} is not a split; allowed: {', '.join(SPLITS)}")
     if args.evals is not None and not args.evals.is_dir():
         raise ConfigError(f"--evals {args.evals}: no such folder (it holds <run folder name>/eval_<split>.json)")
 
@@ -73,7 +74,7 @@ def run(argv: list[str]) -> list[Path]:
     if args.baseline is not None and args.baseline not in methods:
         raise ConfigError(f"--baseline {args.baseline}: no run of that method; allowed: {', '.join(methods)}")
     baseline = args.baseline or DEFAULT_BASELINE
-    group_by = [k for k in args.group_by.split(",") if k]
+    group_by = list(dict.fromkeys(k for k in args.group_by.split(",") if k))  # model,model is model
     groups = group_runs(collected.runs, group_by)
     prov = provenance()
     written = []
@@ -90,7 +91,7 @@ def run(argv: list[str]) -> list[Path]:
 
 
 def write_report(table: Table, prov: Provenance, out_dir: Path) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(out_dir, "--out")
     texts = {
         "table.md": render.markdown(table, prov),
         "table.tex": render.latex(table, prov),

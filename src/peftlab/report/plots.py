@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from peftlab.report.render import metric_title
+from peftlab.report.render import metric_heading
 from peftlab.report.table import Row, Table
 
 
@@ -38,16 +38,18 @@ def _plot(table: Table, path: Path, x_of, x_label: str, log_x: bool) -> Path:
     import matplotlib.pyplot as plt
 
     metric = table.main_metric
+    info = table.metric_info[metric]
+    scale = 100 if info.percent else 1
     rows: list[Row] = table.rows
     xs = [x_of(r) for r in rows]
-    ys = [100 * r.scores[metric].mean for r in rows]
-    errs = [100 * r.scores[metric].std for r in rows]
+    ys = [scale * r.scores[metric].mean for r in rows]
+    errs = [scale * r.scores[metric].std for r in rows]
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=150)
     ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=3, color="tab:blue", zorder=3)
     for x, y, row in zip(xs, ys, rows):
         ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    front = pareto_front(list(zip(xs, ys)))
+    front = pareto_front(list(zip(xs, ys if info.higher_is_better else [-y for y in ys])))
     front_x, front_y = [xs[i] for i in front], [ys[i] for i in front]
     ax.step(front_x, front_y, where="post", color="tab:red", linewidth=1.2, zorder=2)
     ax.plot(front_x, front_y, "o", markersize=11, markerfacecolor="none", markeredgecolor="tab:red", label="Pareto front", zorder=4)
@@ -55,7 +57,7 @@ def _plot(table: Table, path: Path, x_of, x_label: str, log_x: bool) -> Path:
     if log_x:
         ax.set_xscale("log")
     ax.set_xlabel(x_label)
-    ax.set_ylabel(f"{metric_title(metric)} (%), mean ± std over seeds")
+    ax.set_ylabel(f"{metric_heading(info)}, mean ± std over seeds")
     ax.set_title(f"{table.model} on {table.task} ({table.split})", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

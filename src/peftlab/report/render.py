@@ -15,9 +15,10 @@ from typing import Callable, Optional
 
 from peftlab.report.provenance import Provenance
 from peftlab.report.table import Row, Stat, Table
+from peftlab.tasks.base import MetricInfo
 
 DAGGER = "†"
-METRIC_TITLES = {"accuracy": "Accuracy", "f1": "F1", "mcc": "MCC", "loss": "Loss"}
+METRIC_TITLES = {"accuracy": "Accuracy", "f1": "F1", "mcc": "MCC", "loss": "Loss", "pearson": "Pearson", "spearman": "Spearman"}
 
 
 @dataclass(frozen=True)
@@ -36,9 +37,14 @@ def columns(table: Table) -> list[Column]:
         Column("Trainable (%)", lambda r: _sig3(r.trainable_percent.mean), lambda r: float(_sig3(r.trainable_percent.mean)), "min"),
     ]
     for name in table.metric_names:
+        info = table.metric_info[name]
+        scale = 100 if info.percent else 1
         cols.append(
-            Column(f"{metric_title(name)} (%)", lambda r, n=name: _mean_std(r.scores[n]), lambda r, n=name: round(100 * r.scores[n].mean, 2), "max")
-        )
+            Column(
+                metric_heading(info), lambda r, n=name, k=scale: _mean_std(r.scores[n], k),
+                lambda r, n=name, k=scale: round(k * r.scores[n].mean, 2), "max" if info.higher_is_better else "min",
+            )
+        )  # fmt: skip
     cols += [
         Column("Peak mem. (MB)", lambda r: f"{r.peak_mb.mean:.0f}", lambda r: round(r.peak_mb.mean), "min"),
         Column("Train time (s)", lambda r: f"{r.time_s.mean:.1f}", lambda r: round(r.time_s.mean, 1), "min"),
@@ -67,7 +73,7 @@ def cell_grid(
     after the main metric."""
     cols = columns(table)
     best = best_cells(table, cols)
-    main_col = next(j for j, c in enumerate(cols) if c.title.startswith(metric_title(table.main_metric) + " "))
+    main_col = next(j for j, c in enumerate(cols) if c.title == metric_heading(table.metric_info[table.main_metric]))
     body = []
     for i, row in enumerate(table.rows):
         cells = []
@@ -217,7 +223,7 @@ def tex_escape(text: str) -> str:
 TEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "<": r"$<$", ">": r"$>$", chr(177): r"$\pm$", DAGGER: r"$^{\dagger}$",
+    "<": r"$<$", ">": r"$>$", chr(177): r"$\pm$", DAGGER: r"$^{\dagger}$", "↑": r"$\uparrow$", "↓": r"$\downarrow$",
 }
 
 
@@ -225,8 +231,13 @@ def tex_label(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in ":-" else "-" for ch in text)
 
 
-def _mean_std(s: Stat) -> str:
-    return f"{100 * s.mean:.2f}" if s.n < 2 else f"{100 * s.mean:.2f} {chr(177)} {100 * s.std:.2f}"
+def metric_heading(info: MetricInfo) -> str:
+    """A metric's column title: its name, (%) when printed as a percentage, and its direction."""
+    return f"{metric_title(info.name)}{' (%)' if info.percent else ''} {'↑' if info.higher_is_better else '↓'}"
+
+
+def _mean_std(s: Stat, scale: float) -> str:
+    return f"{scale * s.mean:.2f}" if s.n < 2 else f"{scale * s.mean:.2f} {chr(177)} {scale * s.std:.2f}"
 
 
 def _sig3(x: float) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from peftlab.errors import ConfigError, DataError
 from peftlab.evaluate import eval_file_name
 from peftlab.outputs import METRICS_FILE, read_metrics
+from peftlab.tasks.base import LOSS, MetricInfo
 
 GROUP_KEYS = ("model", "task")
 
@@ -26,6 +27,14 @@ class Run:
     n_eval: int
     scores_from: str  # the file the scores come from
     split_md5: Optional[str] = None  # known when an evaluation file recorded it
+
+    def info(self, name: str) -> MetricInfo:
+        """How a metric reads, as the run recorded it; records from before `metric_info` held only
+        higher-is-better percentages (accuracy, F1) besides the loss."""
+        recorded = self.metrics.get("metric_info", {}).get(name)
+        if recorded is not None:
+            return MetricInfo(name, **recorded)
+        return LOSS if name == "loss" else MetricInfo(name)
 
     model = property(lambda self: self.metrics["model"])
     task = property(lambda self: self.metrics["task"])

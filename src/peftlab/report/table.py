@@ -11,6 +11,7 @@ from typing import Optional
 from peftlab.errors import DataError
 from peftlab.report.runs import Missing, Run
 from peftlab.report.stats import WelchResult, mean, std, welch_t_test
+from peftlab.tasks.base import MetricInfo
 
 SETTINGS = ("rank", "alpha", "lr")  # what may differ between runs of one method (a sweep's runs)
 
@@ -63,6 +64,7 @@ class Table:
     split_md5: Optional[str]
     main_metric: str
     metric_names: list[str]  # main metric first
+    metric_info: dict[str, MetricInfo]  # direction and printing of each metric
     seeds: list[int]  # every seed any row has
     baseline: str
     alpha: float  # significance threshold
@@ -90,6 +92,7 @@ def build_table(runs: list[Run], missing: list[Missing], split: str, baseline: s
     table = Table(
         model=str(first.model), task=str(first.task), split=split, n_eval=first.n_eval,
         split_md5=next((r.split_md5 for r in runs if r.split_md5), None), main_metric=main, metric_names=names,
+        metric_info={name: first.info(name) for name in names},
         seeds=seeds, baseline=baseline, alpha=alpha, rows=rows, missing=missing,
     )
     reference = table.baseline_row

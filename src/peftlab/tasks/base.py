@@ -20,7 +20,19 @@ from peftlab.registry import Registry
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """How one of a task's metrics reads: which way is better, and whether tables print it x100 (%)."""
+
+    name: str
+    higher_is_better: bool = True
+    percent: bool = True
+
+
+LOSS = MetricInfo("loss", higher_is_better=False, percent=False)
 
 
 @dataclass
@@ -43,8 +55,10 @@ class Task:
 
     config_class: type[TaskConfig] = TaskConfig
     auto_model_class = "AutoModelForSequenceClassification"  # the transformers head this task trains
-    main_metric = "accuracy"  # the metric tables rank by and sweeps optimise (higher is better)
-    metric_names: tuple[str, ...] = ("accuracy",)  # the keys of `metrics()`, known without building them
+    main_metric = "accuracy"  # the metric tables rank by and sweeps optimise
+    metric_info: tuple[MetricInfo, ...] = (MetricInfo("accuracy"),)  # the keys of `metrics()`, known before torch loads
+    labelled_splits: tuple[str, ...] = ("train", "validation")  # the splits with labels, which can be scored
+    unlabelled_note = ""  # why a split is missing, for the error that asks for it
 
     def __init__(self, cfg: TaskConfig, seed: int) -> None:
         self.cfg = cfg
@@ -73,16 +87,43 @@ class Task:
     def metrics(self) -> MetricCollection:
         raise NotImplementedError
 
-    def metric_inputs(self, logits, labels):
-        """(predictions, targets) for `metrics()` from a batch's logits and labels."""
+    def model_inputs(self, batch) -> dict[str, Any]:
+        """What the model's forward pass gets from a batch; tasks that carry more for scoring (QA's
+        example ids and offsets) leave it out here."""
+        return batch
+
+    def metric_inputs(self, outputs, batch) -> tuple:
+        """The arguments of `metrics().update` for one batch, from the model's outputs and the batch."""
         raise NotImplementedError
+
+    def loss_weight(self, batch) -> int:
+        """What a batch's mean loss is averaged over: its sequences (token tasks: their labelled tokens)."""
+        return len(batch["input_ids"])
+
+    def split_file(self, split: str) -> Optional[Path]:
+        """The file a split is read from, for the evaluation record's md5 (None: not one file)."""
+        return None
 
     def model_kwargs(self) -> dict[str, Any]:
         """Extra arguments for the model's from_pretrained / config (e.g. num_labels)."""
         return {}
 
     # -- shared --------------------------------------------------------------------------------
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        return tuple(m.name for m in cls.metric_info)
+
+    @classmethod
+    def info(cls, name: str) -> Optional[MetricInfo]:
+        """How metric `name` (or the loss) reads; None when the task does not compute it."""
+        return next((m for m in (*cls.metric_info, LOSS) if m.name == name), None)
+
     def examples(self, split: str) -> list[dict[str, Any]]:
+        if split not in self.labelled_splits:
+            raise DataError(
+                f"task {self.cfg.name} has no labelled {split} split{self.unlabelled_note}; "
+                f"allowed: {', '.join(self.labelled_splits)}"
+            )
         rows = self.rows(split)
         if not rows:
             raise DataError(f"task {self.cfg.name}: the {split} split is empty")
@@ -93,8 +134,45 @@ class Task:
         return rows
 
 
+@dataclass
+class FilesConfig(TaskConfig):
+    """A task over the user's own files."""
+
+    train_file: str = MISSING
+    validation_file: str = MISSING
+    test_file: Optional[str] = None  # a labelled test split, for `peftlab.evaluate RUN split=test`
+
+
+class UserFiles:
+    """Mixin for a task whose config is a FilesConfig: each split is a file the user names, and
+    the test split exists when task.test_file is set."""
+
+    unlabelled_note = " (set task.test_file to score one)"
+
+    @property
+    def labelled_splits(self) -> tuple[str, ...]:
+        return tuple(split for split in SPLITS if getattr(self.cfg, f"{split}_file", None))
+
+    def split_file(self, split: str) -> Optional[Path]:
+        name = getattr(self.cfg, f"{split}_file", None)
+        return Path(name) if name else None
+
+    def file_description(self, split: str) -> str:
+        return f"task.{split}_file"  # the key the user set
+
+
+def require_label_set(key: str, labels: Optional[list], what: str = "labels") -> None:
+    """A label set given in config: at least two, no duplicates (they would be classes that never occur)."""
+    if labels is not None:
+        names = [str(label) for label in labels]
+        require(len(names) >= 2 and len(set(names)) == len(names), key, labels,
+                f"give at least 2 distinct {what}, in index order, or null to take them from train_file")  # fmt: skip
+
+
 def require_file(path: Path, what: str) -> Path:
     """The data-not-there message: says how to get the data."""
+    if path.is_dir():
+        raise DataError(f"{what} {path} is a folder; allowed: a file")
     if not path.is_file():
         if "data" in path.parts:
             hint = "run `dvc pull` in the project root to fetch it (or set data_dir=...)"

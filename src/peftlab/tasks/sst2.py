@@ -23,9 +23,13 @@ class Sst2Config(TaskConfig):
 class Sst2(TextClassificationTask):
     config_class = Sst2Config
     given_labels = ["0", "1"]
+    unlabelled_note = " (GLUE's test labels are not public)"
+
+    def split_file(self, split):
+        return Path(self.cfg.data_dir) / FILES[split]
 
     def read(self, split):
-        path = require_file(Path(self.cfg.data_dir) / FILES[split], f"SST-2 {split} file")
+        path = require_file(self.split_file(split), f"SST-2 {split} file")
         with path.open(newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             return [{"texts": (row["sentence"].strip(),), "label": row["label"]} for row in reader]

@@ -6,14 +6,14 @@ from functools import cached_property
 from typing import Any, Optional
 
 from peftlab.errors import DataError
-from peftlab.tasks.base import Task
+from peftlab.tasks.base import MetricInfo, Task
 
 
 class TextClassificationTask(Task):
     """Subclasses implement `read(split)` returning {"texts": (a,) or (a, b), "label": str} rows."""
 
     given_labels: Optional[list[str]] = None  # the label set; None = every label seen in training
-    metric_names = ("accuracy", "f1")
+    metric_info = (MetricInfo("accuracy"), MetricInfo("f1"))
 
     @cached_property
     def labels(self) -> list[str]:
@@ -45,20 +45,15 @@ class TextClassificationTask(Task):
 
     def encode(self, examples, tokenizer):
         index = {label: i for i, label in enumerate(self.labels)}
-        columns = list(zip(*(row["texts"] for row in examples)))
-        encoded = tokenizer(*columns, truncation=True, max_length=self.cfg.max_length)
-        keys = list(encoded.keys())
-        return [
-            {**{k: encoded[k][i] for k in keys}, "labels": index[row["label"]]} for i, row in enumerate(examples)
-        ]
+        return encode_texts(examples, tokenizer, self.cfg.max_length, [index[row["label"]] for row in examples])
 
     def collator(self, tokenizer):
         from transformers import DataCollatorWithPadding
 
         return DataCollatorWithPadding(tokenizer)
 
-    def metric_inputs(self, logits, labels):
-        return logits.argmax(dim=-1), labels
+    def metric_inputs(self, outputs, batch):
+        return outputs.logits.argmax(dim=-1), batch["labels"]
 
     def metrics(self):
         from torchmetrics import MetricCollection
@@ -73,6 +68,13 @@ class TextClassificationTask(Task):
                 "f1": F1Score(task="multiclass", num_classes=n, average="macro"),
             }
         )
+
+
+def encode_texts(examples: list[dict[str, Any]], tokenizer, max_length: int, labels: list) -> list[dict[str, Any]]:
+    """Token ids of each example's sentence (or sentence pair), unpadded, with its label."""
+    columns = list(zip(*(row["texts"] for row in examples)))
+    encoded = tokenizer(*columns, truncation=True, max_length=max_length)
+    return [{**{k: encoded[k][i] for k in encoded.keys()}, "labels": label} for i, label in enumerate(labels)]
 
 
 def _is_number(text: str) -> bool:
