@@ -17,6 +17,7 @@ from pathlib import Path
 
 from peftlab.cli import OneLineParser, fail
 from peftlab.errors import ConfigError, PeftlabError
+from peftlab.outputs import make_output_folder
 from peftlab.sweep.check import check_against_config
 from peftlab.sweep.runner import SweepError, SweepSettings, default_storage, run_sweep
 from peftlab.sweep.spec import load_spec
@@ -37,8 +38,11 @@ def main(argv: list[str]) -> int:
         base = check_against_config(spec, CONF_DIR, args.overrides)
         study = args.study or spec.name or args.sweep_file.stem
         sweep_dir = args.out / study
-        if args.out.exists() and not args.out.is_dir():
-            raise ConfigError(f"--out {args.out} is a file; allowed: a folder (it is created if missing)")
+        if Path(study).name != study or study in (".", ".."):
+            raise ConfigError(f"--study {study}: a study name is one folder name under --out; allowed: no '/' or '..'")
+        if not 0 <= args.seed < 2**32:
+            raise ConfigError(f"--seed={args.seed} is out of range; it must be in [0, {2**32 - 1}]")
+        make_output_folder(args.out, "--out")
         if args.storage:
             check_storage(args.storage)
         # `is not None`, not `or`: an explicit --trials 0 is an error, not a request for the default.

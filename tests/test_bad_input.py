@@ -56,13 +56,14 @@ CONFIG_ROWS = [
     ("peft=null", "Config group override must be a string or a list"),
     ("peft.rr=4", "peft.rr: unknown config key"),
     ("peft.dropout=1.5", "peft.dropout=1.5 is out of range; it must be in [0, 1)"),
-    ("peft.target_modules=[]", "peft.target_modules=[] is out of range; name at least one module"),
-    ("peft.target_modules=query", "peft.target_modules: a list is expected here, e.g. peft.target_modules=[a,b]"),
+    ("peft.target_modules=[]", "peft.target_modules=[] is out of range; name a target set (attention, all_linear"),
+    ("peft.target_modules=query", "peft.target_modules=query is not a target set; allowed: attention, all_linear, ffn, ffn_in, ia3, or a list of module names"),
+    ("logger.tags=oops", "logger.tags: a list is expected here, e.g. logger.tags=[a,b]"),
     ("peft=adalora rank=8 peft.init_r=4", "peft.init_r=4 is out of range; it must be >= the target rank 8"),
     ("peft=adapter peft.variant=bogus", "peft.variant=bogus is not an option; allowed: houlsby, pfeiffer"),
     ("peft=adapter peft.reduction_factor=0", "peft.reduction_factor=0 is out of range; it must be >= 1"),
     # task
-    ("task=glue9", "task=glue9 is not an option; allowed: csv, sst2"),
+    ("task=glue9", "task=glue9 is not an option; allowed: cola, "),
     ("task=csv", "task.train_file: a value is required"),
     ("task=csv task.train_file=a.txt task.validation_file=b.csv", "task.train_file=a.txt is out of range; allowed formats: .csv"),
     ("task.max_length=4", "task.max_length=4 is out of range; it must be >= 8"),
@@ -80,9 +81,21 @@ CONFIG_ROWS = [
     ("trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is out of range"),
     ("trainer.warmup_ratio=1", "trainer.warmup_ratio=1.0 is out of range; it must be in [0, 1)"),
     ("+trainer.foo=1", "trainer.foo: unknown config key"),
+    ("trainer.devices=-1", "trainer.devices=-1 is out of range; -1 (all GPUs) needs trainer.accelerator=gpu"),
+    ("trainer.threads=999", "trainer.threads=999 is out of range; it must be in [1, "),
+    ("peft=adalora peft.beta1=5", "peft.beta1=5.0 is out of range; it must be in [0, 1)"),
+    ("peft=adalora peft.tinit=-3", "peft.tinit=-3 is out of range; it must be >= 0 steps"),
+    ("task=csv task.train_file=a.csv task.validation_file=b.csv task.label_column=text", "task.label_column=text is out of range; it must not be one of task.text_columns"),
+    # run folders named on the command line, and Hydra settings peftlab cannot run under
+    ("hydra.run.dir=", "hydra.run.dir=. is the working directory; allowed: a folder of its own"),
+    ("-m rank=4,8 hydra.sweep.dir=sw hydra.sweep.subdir=x", "jobs 0 and 1 would share the run folder sw/x"),
+    ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported"),
+    ("hydra/launcher=joblib", "hydra/launcher=joblib is not an option here (a Hydra plugin that is not installed?)"),
     # logger
     ("logger=tensorboard", "logger=tensorboard is not an option; allowed: csv, wandb"),
     ("logger.mode=sometimes", "logger.mode=sometimes is not an option; allowed: offline, online, disabled"),
+    ("logger.project=a/b", "logger.project=a/b is out of range; a W&B project name has none of / "),
+    ("logger.tags=[" + "x" * 65 + "]", "is out of range; W&B tags have 1 to 64 characters"),
 ]
 
 
@@ -130,7 +143,7 @@ RUNTIME_ROWS = [
     ("adapter-names-nothing", ["peft=adapter", "peft.ffn_output=mlp.fc2", "peft.attention_output=attn.out"],
      "peft.attention_output / peft.ffn_output: no nn.Linear matched attention_output='attn.out' in this bert model"),
     ("houlsby-loses-attention", ["peft=adapter", "peft.attention_output=nope.dense"],
-     "no nn.Linear matched attention_output='nope.dense' in this bert model; allowed: names its layers end in:"),
+     "no nn.Linear matched attention_output='nope.dense' in this bert model; allowed: names its Linear layers end in:"),
     ("loha-rank-above-width", ["peft=loha", "rank=64"], "peft.options.r=64 is out of range for this bert model"),
     ("ia3-targets-nothing", ["peft=ia3", "peft.options.target_modules=[key,fc1]", "peft.options.feedforward_modules=[fc1]"],
      "peft.options.target_modules: 'fc1' matches no module"),
@@ -140,6 +153,20 @@ RUNTIME_ROWS = [
     ("random-model-heads", ["model.random_init.num_attention_heads=3"],
      "model.random_init: BertConfig refuses these settings: The hidden size (32) is not a multiple of the number of attention heads (3)"),
     ("max-length-above-positions", ["task.max_length=100000"], "task.max_length=100000 is out of range for this bert model; allowed: 8 to 128"),
+    ("random-model-field-type", ["model.random_init.hidden_size=abc"], "model.random_init: BertConfig refuses these settings"),
+    ("vocab-below-tokenizer", ["+model.random_init.vocab_size=1000"], "the model has embeddings for 1000 tokens, but its tokenizer has 30522"),
+    ("loha-rank-not-a-number", ["peft=loha", "peft.options.r=abc"], "peft.options.r=abc is out of range; it must be an integer >= 1"),
+    ("loha-option-type", ["peft=loha", "peft.options.alpha=[1,2]"], "peft cannot apply loha to this model"),
+    ("csv-duplicate-header", ["task=csv", "task.train_file={files}/twice.csv", "task.validation_file={files}/twice.csv"],
+     "twice.csv: the header names column 'text' more than once"),
+    ("csv-extra-fields", ["task=csv", "task.train_file={files}/extra.csv", "task.validation_file={files}/extra.csv"],
+     "extra.csv row 1 has more fields than the header's 2"),
+    ("csv-empty-text", ["task=csv", "task.train_file={files}/blank.csv", "task.validation_file={files}/blank.csv"],
+     "blank.csv row 2 has no value in column 'text'"),
+    ("jsonl-list-text", ["task=csv", "task.train_file={files}/listtext.jsonl", "task.validation_file={files}/listtext.jsonl"],
+     "listtext.jsonl row 1: column 'text' holds list ['good movie']; allowed: text or a number"),
+    ("csv-is-a-folder", ["task=csv", "task.train_file={files}/folder.csv", "task.validation_file={files}/folder.csv"],
+     "task.train_file {files}/folder.csv is a folder; allowed: a file"),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]
@@ -153,6 +180,11 @@ def files(tmp_path_factory) -> Path:
     (folder / "ragged.csv").write_text("text,label\ngood,1\nbad\nok,0\n")
     (folder / "null.jsonl").write_text('{"text": "good", "label": null}\n{"text": "bad", "label": 0}\n')
     (folder / "list.jsonl").write_text('["good", 1]\n')
+    (folder / "twice.csv").write_text("text,text,label\na,b,1\n")
+    (folder / "extra.csv").write_text("text,label\ngood,1,surplus\n")
+    (folder / "blank.csv").write_text("text,label\ngood,1\n  ,0\n")
+    (folder / "listtext.jsonl").write_text('{"text": ["good movie"], "label": 1}\n')
+    (folder / "folder.csv").mkdir()
     (folder / "empty").mkdir()
     return folder
 
@@ -221,6 +253,10 @@ SWEEP_ROWS = [
     (["{tmp}/not-yaml.yaml"], "not valid YAML"),
     (["{tmp}/latin1.yaml"], "latin1.yaml: not UTF-8 text (byte 0xe9"),
     (["{tmp}/unlogged-metric.yaml"], "metric.name=val/acc is not logged by task sst2; allowed: val/accuracy, val/f1, val/loss"),
+    (["{tmp}/mapping-values.yaml"], "parameters.model.random_init.values: a value that is a mapping cannot be passed on the command line"),
+    (["sweeps/lora.yaml", "--study", "../escape"], "--study ../escape: a study name is one folder name under --out"),
+    (["sweeps/lora.yaml", "--seed", "-1"], "--seed=-1 is out of range; it must be in [0, 4294967295]"),
+    (["{tmp}/wrong-goal.yaml"], "metric.goal=minimize contradicts val/accuracy, where higher is better; allowed: metric.goal=maximize"),
     (["{tmp}/ok.yaml", "+foo=1"], "ok.yaml (with its constants and the command line): foo: unknown config key"),
 ]
 SWEEP_FILES = {
@@ -229,6 +265,8 @@ SWEEP_FILES = {
     "bad-range.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  lr: {distribution: log_uniform_values, min: 0.1, max: 0.001}\n",
     "not-yaml.yaml": "method: [random\n",
     "ok.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  rank: {values: [4, 8]}\n",
+    "mapping-values.yaml": "method: random\nmetric: {name: val/accuracy, goal: maximize}\nparameters:\n  model.random_init: {values: [{hidden_size: 32}]}\n",
+    "wrong-goal.yaml": "method: random\nmetric: {name: val/accuracy, goal: minimize}\nparameters:\n  rank: {values: [4, 8]}\n",
     "unlogged-metric.yaml": "method: random\nmetric: {name: val/acc, goal: maximize}\nparameters:\n  rank: {values: [4, 8]}\n",
 }
 
@@ -274,6 +312,10 @@ def broken_copy(run: Path, where: Path, how: str) -> Path:
         (copy / "config.yaml").write_text((copy / "config.yaml").read_text() + "bogus_key: 1\n")
     elif how == "empty-config":
         (copy / "config.yaml").write_text("")
+    elif how == "eval-not-a-mapping":
+        metrics = json.loads((copy / METRICS_FILE).read_text())
+        metrics["eval"] = [1]
+        (copy / METRICS_FILE).write_text(json.dumps(metrics))
     elif how == "old-metrics":
         metrics = json.loads((copy / METRICS_FILE).read_text())
         del metrics["eval"]
@@ -286,29 +328,34 @@ EVALUATE_ROWS = [
     ([], "no run folder given; usage: python -m peftlab.evaluate RUN_FOLDER"),
     (["{tmp}/nowhere"], "{tmp}/nowhere: no such run folder"),
     (["{tmp}"], "{tmp} is not a finished run (no metrics.json)"),
-    (["{run}", "split=bogus"], "split=bogus is not a split; allowed: train, validation"),
+    (["{run}", "split=bogus"], "split=bogus is not a split; allowed: train, validation, test"),
+    (["{run}", "split=test"], "task sst2 has no labelled test split (GLUE's test labels are not public); allowed: train, validation"),
     (["{run}", "fold=2"], "fold=2: unknown argument; allowed: split=, out="),
     (["{broken:no-weights}"], "no-weights/weights: no saved weights in this run folder"),
     (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record"),
     (["{broken:corrupt-config}"], "corrupt-config/config.yaml is not a readable run config"),
     (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record"),
     (["{broken:empty-weights}"], "empty-weights/weights: the saved weights cannot be loaded"),
+    (["{broken:eval-not-a-mapping}"], "eval-not-a-mapping/metrics.json is not a run record: eval is not a mapping"),
     (["{broken:corrupt-adapter}"], "corrupt-adapter/weights: the saved weights cannot be loaded"),
-    (["{broken:unknown-config-key}"], "unknown-config-key/config.yaml is not a valid run config: bogus_key: unknown config key"),
+    (["{broken:unknown-config-key}"], "unknown-config-key/config.yaml: bogus_key: unknown config key"),
     (["{broken:empty-config}"], "empty-config/config.yaml is not a run config: it is empty or not a mapping"),
-    (["{run}", "out={tmp}/file.txt"], "out={tmp}/file.txt is a file; allowed: a folder"),
+    (["{run}", "out={tmp}/file.txt"], "out={tmp}/file.txt: {tmp}/file.txt is a file; allowed: a folder"),
+    (["{run}", "out={tmp}/file.txt/sub"], "out={tmp}/file.txt/sub: {tmp}/file.txt is a file; allowed: a folder"),
 ]
 REPORT_ROWS = [
     ([], "no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds"),
     (["{run}", "--p", "2"], "--p 2.0 is out of range; it must be in (0, 1)"),
     (["{run}", "--p", "half"], "argument --p: invalid float value: 'half'"),
-    (["{run}", "--out", "{tmp}/file.txt"], "--out {tmp}/file.txt is a file; allowed: a folder"),
+    (["{run}", "--out", "{tmp}/file.txt"], "--out={tmp}/file.txt: {tmp}/file.txt is a file; allowed: a folder"),
+    (["{run}", "--split", "bogus"], "--split bogus is not a split; allowed: train, validation, test"),
     (["{run}", "--group-by", "colour"], "--group-by colour: not a grouping key; allowed: model, task"),
     (["--runs-dir", "{tmp}"], "--runs-dir, --methods and --seeds go together"),
     (["{tmp}/nowhere"], "no finished runs to report"),
     (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record: not valid JSON"),
     (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record: it has no eval"),
     (["{run}", "--evals", "{tmp}/nowhere"], "--evals {tmp}/nowhere: no such folder"),
+    (["{broken:eval-not-a-mapping}"], "eval-not-a-mapping/metrics.json is not a run record: eval is not a mapping"),
     (["{run}", "--baseline", "nosuch"], "--baseline nosuch: no run of that method; allowed: lora"),
 ]
 

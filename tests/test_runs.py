@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from unittest import mock
@@ -16,6 +18,7 @@ from peftlab.errors import RunFolderError, TrainingError
 from peftlab.module import PeftModule
 from peftlab.outputs import CONFIG_FILE, LOCK_FILE, METRICS_FILE, WEIGHTS_DIR, atomic_write, claim_run_folder
 from peftlab.progress import PlannedStepsProgressBar
+from peftlab.scoring import Scorer
 from peftlab.reload import load_run
 
 
@@ -87,11 +90,11 @@ def test_cpu_ddp_two_processes_match_one_process_scoring(tmp_path, sst2_availabl
 
     data = TaskDataModule(task, load_tokenizer(cfg.model), 8, 8, 0, cfg.seed)
     data.setup()
-    metric = task.metrics()
+    scorer = Scorer(task)
     with torch.no_grad():
         for batch in data.val_dataloader():
-            metric.update(*task.metric_inputs(model(**batch).logits, batch["labels"]))
-    single = {k: float(v) for k, v in metric.compute().items()}
+            scorer.update(model, batch)
+    single = scorer.compute()
     assert single["accuracy"] == metrics["eval"]["accuracy"]
     assert single["f1"] == metrics["eval"]["f1"]
 
@@ -150,15 +153,27 @@ def test_two_runs_told_to_share_a_folder_lose_nothing(tmp_path, sst2_available):
     winner = next(r for r in results if r.returncode == 0)
     lr = json.loads((run_dir / METRICS_FILE).read_text())["lr"]
     assert f"lr={lr:g}" in " ".join(winner.args) or f"lr={lr}" in " ".join(winner.args)
+    # Refused before Hydra wrote its own record of the job into the winner's folder
+    assert f"lr={lr:g}" in (run_dir / ".hydra" / "overrides.yaml").read_text()
 
 
 def test_a_live_run_holds_its_folder_until_it_ends(tmp_path):
     run_dir = tmp_path / "run"
-    with claim_run_folder(run_dir):
+    run_dir.mkdir()
+    holder = subprocess.Popen(  # another process holding the folder's lock, as a live run does
+        [sys.executable, "-c", f"import fcntl, time; f = open({str(run_dir / LOCK_FILE)!r}, 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunFolderError, match="is in use by another run that is still going"):
             with claim_run_folder(run_dir):
                 pass
-    with claim_run_folder(run_dir):  # free again: a crashed run's folder can be reused
+    finally:
+        holder.kill()
+        holder.wait()
+    with claim_run_folder(run_dir):  # free once the holder is gone, even killed: a crashed run's folder is reused
         pass
     assert not (run_dir / LOCK_FILE).exists()
     (run_dir / METRICS_FILE).write_text("{}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import re
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config import Config, describe_omegaconf_error, validate
 from peftlab.errors import ConfigError, PeftlabError, first_line
-from peftlab.outputs import refuse_finished
+from peftlab.outputs import hold_run_folder
 
 HYDRA_MODES = (("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"), ("--shell-completion", "-sc"))
 SKIP_PREFLIGHT = {"-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
@@ -32,7 +33,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def fail(err: BaseException) -> None:
-    print(f"error: {err}", file=sys.stderr)
+    if launched_rank() == 0:  # Lightning's DDP ranks run the same command; rank 0 says it, once
+        print(f"error: {err}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -70,8 +72,9 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
 
 def preflight(conf_dir: Path, argv: list[str], config_name: str) -> None:
     """What can be checked before Hydra starts a job, in well under a second: the config of every
-    job (each combination of a -m sweep), Hydra's own overrides, and that a folder named by
-    hydra.run.dir does not hold a finished run (before Hydra writes its .hydra/ files into it)."""
+    job (each combination of a -m sweep), Hydra's own overrides, and the run folders named by
+    hydra.run.dir or hydra.sweep.dir: not a file, not the project itself, not holding a finished
+    run, not held by a live run, not shared by two jobs (all before Hydra writes .hydra/ into them)."""
     user, hydra = split_overrides(argv)
     multirun = bool({"-m", "--multirun"} & set(argv))
     jobs = sweep_jobs(user) if multirun else [user]
@@ -79,16 +82,56 @@ def preflight(conf_dir: Path, argv: list[str], config_name: str) -> None:
         validate(compose_config(conf_dir, job, config_name))
     if not hydra:
         return
-    cfg = compose_config(conf_dir, jobs[0] + hydra, config_name, with_hydra=True)
-    if multirun or {"--cfg", "-c"} & set(argv) or not any(a.startswith("hydra.run.dir=") for a in hydra):
-        return
+    compose_config(conf_dir, jobs[0] + hydra, config_name, with_hydra=True)  # Hydra's own keys
+    if any(a in ("hydra.job.chdir=true", "hydra.job.chdir=True") for a in hydra):
+        raise ConfigError("hydra.job.chdir=true is not supported: peftlab reads data relative to where you start it and "
+                          "writes into the run folder itself; allowed: hydra.job.chdir=false (the default)")  # fmt: skip
+    named = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
+    if {"--cfg", "-c"} & set(argv) or not any(a.startswith(named) for a in hydra):
+        return  # the default folders carry a per-run id: nothing can be there yet
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    folders: dict[Path, int] = {}
+    for number, job in enumerate(jobs):
+        extra = [f"hydra.job.num={number}"] if multirun else []
+        folder = _job_folder(compose_config(conf_dir, job + hydra + extra, config_name, with_hydra=True), multirun)
+        if folder is None:
+            return
+        if folder in folders:
+            raise ConfigError(f"jobs {folders[folder]} and {number} would share the run folder {folder}; "
+                              "allowed: a hydra.sweep.subdir that differs per job, such as ${hydra.job.num}")  # fmt: skip
+        folders[folder] = number
+    for folder in folders:  # all of them checked before any is taken
+        check_run_folder(folder, key)
+
+
+def _job_folder(cfg: DictConfig, multirun: bool) -> Path | None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        run_dir = Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        if multirun:
+            return Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
+        return Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
     except OmegaConfBaseException:  # an interpolation only Hydra's run resolves (${hydra:...}): the recipe checks
-        return
-    refuse_finished(run_dir)
+        return None
+
+
+def launched_rank() -> int:
+    """This process's rank as launchers set it (Lightning's DDP, torchrun, SLURM), 0 when alone."""
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def check_run_folder(folder: Path, key: str) -> None:
+    """A folder a run may write into: not a file, not the working directory, not taken."""
+    if str(folder) in ("", ".") or folder.resolve() == Path.cwd().resolve():
+        raise ConfigError(f"{key}={folder} is the working directory; allowed: a folder of its own for the run")
+    for part in (folder, *folder.parents):
+        if part.exists() and not part.is_dir():
+            raise ConfigError(f"{key}={folder}: {part} is a file; allowed: a folder (it is created if missing)")
+    if launched_rank() == 0:  # Lightning's DDP ranks rerun this command on rank 0's folder
+        hold_run_folder(folder)  # refuses a finished or busy folder, and keeps it from here on
 
 
 def compose_config(conf_dir: Path, overrides: list[str], config_name: str = "config", with_hydra: bool = False) -> DictConfig:
@@ -113,6 +156,8 @@ def describe_missing_option(conf_dir: Path, message: str) -> str:
         return message.splitlines()[0]
     group, option = found.groups()
     options = sorted(p.stem for p in (conf_dir / group).glob("*.yaml"))
+    if not options:  # a group of Hydra's own (hydra/launcher): its options are plugins
+        return f"{group}={option} is not an option here (a Hydra plugin that is not installed?); allowed: the defaults"
     return f"{group}={option} is not an option; allowed: {', '.join(options)}"
 
 

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import importlib
 import math
+import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ MAX_SEED = 2**32 - 1
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 WANDB_MODES = ("offline", "online", "disabled")
+WANDB_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")  # characters W&B refuses in project names
 
 
 @dataclass
@@ -91,6 +93,8 @@ class TrainerConfig:
             not (isinstance(d, (list, tuple)) and self.accelerator == "cpu"), "trainer.devices", d,
             "a list of GPU indices needs trainer.accelerator=gpu; on CPU give the number of processes",
         )  # fmt: skip
+        require(not (d == -1 and self.accelerator == "cpu"), "trainer.devices", d,
+                "-1 (all GPUs) needs trainer.accelerator=gpu; on CPU give the number of processes")  # fmt: skip
         require_choice("trainer.precision", self.precision, PRECISIONS)
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
@@ -104,7 +108,9 @@ class TrainerConfig:
             v is None or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
             "trainer.val_check_interval", v, "give batches as an integer >= 1, a fraction in (0, 1], or null",
         )
-        require(self.threads is None or self.threads >= 1, "trainer.threads", self.threads, "it must be >= 1 or null")
+        cores = os.cpu_count() or 1
+        require(self.threads is None or 1 <= self.threads <= cores, "trainer.threads", self.threads,
+                f"it must be in [1, {cores}] (this machine's cores), or null")  # fmt: skip
 
 
 @dataclass
@@ -117,6 +123,10 @@ class LoggerConfig:
 
     def __post_init__(self) -> None:
         require_choice("logger.mode", self.mode, WANDB_MODES)
+        bad = [c for c in WANDB_FORBIDDEN if c in self.project]
+        require(self.project and not bad, "logger.project", self.project, f"a W&B project name has none of {' '.join(WANDB_FORBIDDEN)}")
+        for tag in self.tags:
+            require(0 < len(str(tag)) <= 64, "logger.tags", tag, "W&B tags have 1 to 64 characters")
 
 
 @dataclass

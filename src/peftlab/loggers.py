@@ -11,11 +11,14 @@ import lightning as L
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from peftlab.config import Config
+from peftlab.errors import ConfigError
 
 
 def build_loggers(cfg: Config, run_dir: Path, resolved: dict) -> list[Logger]:
     name = f"{cfg.task.name}-{cfg.model.name}-{cfg.peft.name}-r{cfg.rank}-s{cfg.seed}"
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    if cfg.logger.mode == "online":
+        require_wandb_login()
     if cfg.logger.mode != "disabled":
         loggers.append(
             QuietWandbLogger(
@@ -30,6 +33,15 @@ def build_loggers(cfg: Config, run_dir: Path, resolved: dict) -> list[Logger]:
             )
         )
     return loggers
+
+
+def require_wandb_login() -> None:
+    """Online logging without credentials fails inside Lightning's fit, after the model loaded."""
+    import wandb
+
+    if not wandb.login(prompt=False, verify=False):
+        raise ConfigError("logger.mode=online needs W&B credentials (run `wandb login`, or set WANDB_API_KEY); "
+                          "allowed without them: logger.mode=offline (sync later with `wandb sync`) or disabled")  # fmt: skip
 
 
 class QuietWandbLogger(WandbLogger):

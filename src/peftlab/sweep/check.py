@@ -114,11 +114,19 @@ def _check_against_data(spec: SweepSpec, typed: Config) -> None:
     count the training examples now and refuse."""
     from peftlab.tasks import TASKS
 
-    logged = (*TASKS.get(typed.task.task, "task.task").metric_names, "loss")
-    if spec.metric_key not in logged:
+    task = TASKS.get(typed.task.task, "task.task")
+    info = task.info(spec.metric_key)
+    if info is None:
+        logged = (*task.metric_names(), "loss")
         raise ConfigError(
             f"{spec.path}: metric.name={spec.metric} is not logged by task {typed.task.name}; "
             f"allowed: {', '.join(METRIC_PREFIX + name for name in logged)}"
+        )
+    if (spec.goal == "maximize") != info.higher_is_better:
+        right = "maximize" if info.higher_is_better else "minimize"
+        raise ConfigError(
+            f"{spec.path}: metric.goal={spec.goal} contradicts {spec.metric}, where "
+            f"{'higher' if info.higher_is_better else 'lower'} is better; allowed: metric.goal={right}"
         )
     n_train = _training_examples(typed.task, typed.seed)
     try:

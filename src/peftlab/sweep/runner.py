@@ -149,7 +149,7 @@ def work(settings: SweepSettings, spec: SweepSpec, worker_index: int) -> optuna.
             if failed >= max_failures:
                 last = [t for t in trials if t.state == TrialState.FAIL][-1].user_attrs.get(ERROR_ATTR, "no error recorded")
                 raise SweepError(
-                    f"study {settings.study_name} has {failed} failed trials (--max-failures {max_failures}); "
+                    f"study {settings.study_name} has {failed} failed trials, its limit (--max-failures) is {max_failures}; "
                     f"the last one: {last}; see trials.md for all of them"
                 )
             trial = study.ask() if finished + running < settings.trials else None

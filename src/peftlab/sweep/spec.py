@@ -233,6 +233,8 @@ def _param(key: str, body: Any, err: _Errors) -> Param:
         values = body.get("values")
         if not isinstance(values, list) or not values:
             raise err(f"{where}.values", "give a non-empty list of values")
+        if any(isinstance(v, dict) for v in values):
+            raise err(f"{where}.values", "a value that is a mapping cannot be passed on the command line; allowed: search its keys one by one (model.random_init.hidden_size)")
         if "probabilities" in body:
             if len(body["probabilities"]) != len(values) or abs(sum(body["probabilities"]) - 1) > 1e-6:
                 raise err(f"{where}.probabilities", "give one probability per value, summing to 1")
