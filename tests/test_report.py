@@ -265,3 +265,31 @@ def test_a_lower_is_better_raw_metric_is_printed_raw_and_the_lowest_is_bold(proj
     cells = {line.split("|")[1].strip(): line.split("|")[column].strip() for line in md[2:4]}
     assert cells == {"full": "**2.10 ± 0.14**", "lora": "3.20 ± 0.28"}
     assert r"Perplexity $\downarrow$" in (tmp_path / "out" / "table.tex").read_text()
+
+
+def test_runs_of_several_tasks_make_a_methods_by_tasks_table(project, tmp_path):
+    """The paper table: a row per method, a column per task's main metric, the average, bold best."""
+    scores = {("sst2", "accuracy"): {"full": [0.90, 0.92], "lora": [0.88, 0.86]},
+              ("stsb", "pearson"): {"full": [0.80, 0.82], "lora": [0.84, 0.86]}}  # fmt: skip
+    folders = []
+    for (task, metric), by_method in scores.items():
+        for method, values in by_method.items():
+            trainable = 22_000_000 if method == "full" else 300_000
+            for seed, value in enumerate(values, start=1):
+                folder = write_run(tmp_path / "runs" / f"{task}-{method}-s{seed}", method, seed, value, with_eval=False, trainable=trainable)
+                record = json.loads((folder / "metrics.json").read_text())
+                record.update(task=task, main_metric=metric)
+                record["eval"] = {"split": "validation", "n": 100, metric: value, "loss": 0.3}
+                (folder / "metrics.json").write_text(json.dumps(record))
+                folders.append(folder)
+    written = run([*map(str, folders), "--out", str(tmp_path / "out")])
+    out = tmp_path / "out"
+    assert {out / "suite.md", out / "suite.tex", out / "suite.csv", out / "sst2" / "table.md", out / "stsb" / "table.md"} <= set(written)
+    md = (out / "suite.md").read_text().splitlines()
+    assert md[0] == "| Method | Trainable | sst2 Accuracy (%) ↑ | stsb Pearson (%) ↑ | Average |"
+    # full: 91.00 and 81.00 -> 86.00; lora: 87.00 and 85.00 -> 86.00 (std of two values 0.02 apart: 1.41)
+    assert md[2] == "| full | 22.0M | **91.00 ± 1.41** | 81.00 ± 1.41 | **86.00** |"
+    assert md[3] == "| lora | 300.0k | 87.00 ± 1.41 | **85.00 ± 1.41** | **86.00** |"
+    assert r"sst2 Accuracy (\%) $\uparrow$" in (out / "suite.tex").read_text()
+    rows = list(csv.DictReader((out / "suite.csv").read_text().splitlines()))
+    assert float(rows[1]["stsb_pearson_mean"]) == pytest.approx(0.85) and float(rows[1]["average"]) == pytest.approx(86.0)

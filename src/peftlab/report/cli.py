@@ -12,6 +12,8 @@ from peftlab.errors import ConfigError, DataError, PeftlabError
 from peftlab.outputs import atomic_write, make_output_folder
 from peftlab.tasks.base import SPLITS
 from peftlab.report import render
+from peftlab.report import suite as render_suite
+from peftlab.report.suite import build_suite
 from peftlab.report.plots import write_plots
 from peftlab.report.provenance import Provenance, provenance
 from peftlab.report.runs import check_same_split, collect, grid_folders, group_runs
@@ -27,7 +29,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (default: results)")
     p.add_argument("--split", default="validation", help="the split to report (default: validation)")
     p.add_argument("--evals", type=Path, help="read eval_<split>.json from EVALS/<run folder name>/ instead of the run folder")
-    p.add_argument("--group-by", default="", help="one table per model and/or task: model | task | model,task")
+    p.add_argument("--group-by", default="", help="one table per model and/or task: model | task | model,task "
+                   "(runs of several tasks: per task, plus suite.md/.tex/.csv, the methods x tasks table)")
     p.add_argument("--baseline", help="the method significance is tested against (default: full, when there are full runs)")
     p.add_argument("--p", type=float, default=0.05, dest="alpha", help="significance threshold (default: 0.05)")
     grid = p.add_argument_group("a pipeline grid (RUNS_DIR/<method>-s<seed>); missing cells are named")
@@ -75,9 +78,12 @@ def run(argv: list[str]) -> list[Path]:
         raise ConfigError(f"--baseline {args.baseline}: no run of that method; allowed: {', '.join(methods)}")
     baseline = args.baseline or DEFAULT_BASELINE
     group_by = list(dict.fromkeys(k for k in args.group_by.split(",") if k))  # model,model is model
+    tasks = {str(run.task) for run in collected.runs}
+    if not group_by and len(tasks) > 1:
+        group_by = ["task"]  # several tasks: a table per task, and the methods x tasks table over them
     groups = group_runs(collected.runs, group_by)
     prov = provenance()
-    written = []
+    written, tables = [], {}
     for key, runs in sorted(groups.items()):
         out_dir = args.out / "-".join(key) if group_by else args.out
         check_same_split(runs, args.split)
@@ -87,7 +93,18 @@ def run(argv: list[str]) -> list[Path]:
             if row.missing_seeds:
                 print(f"warning: {row.label} has no run for seed(s) {', '.join(map(str, row.missing_seeds))}", file=sys.stderr)
         written += write_report(table, prov, out_dir)
+        tables[table.task] = table
+    if group_by == ["task"] and len(tables) > 1:
+        written += write_suite(build_suite(tables), args.out)
     return written
+
+
+def write_suite(suite, out_dir: Path) -> list[Path]:
+    make_output_folder(out_dir, "--out")
+    texts = {"suite.md": render_suite.markdown(suite), "suite.tex": render_suite.latex(suite), "suite.csv": render_suite.csv_text(suite)}
+    for name, text in texts.items():
+        atomic_write(out_dir / name, text)
+    return [out_dir / name for name in texts]
 
 
 def write_report(table: Table, prov: Provenance, out_dir: Path) -> list[Path]:

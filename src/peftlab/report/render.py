@@ -114,19 +114,28 @@ def caption_sentences(table: Table, prov: Provenance) -> list[str]:
 # -- formats --------------------------------------------------------------------------------------
 def markdown(table: Table, prov: Provenance) -> str:
     header, body = cell_grid(table, lambda s: s.replace("|", "\\|"), lambda s: f"**{s}**", DAGGER)
+    return markdown_table(header, body, " ".join(caption_sentences(table, prov)))
+
+
+def markdown_table(header: list[str], body: list[list[str]], caption: str) -> str:
     align = ["---"] + ["--:"] * (len(header) - 1)
     lines = [_md_row(header), _md_row(align), *(_md_row(cells) for cells in body)]
-    return "\n".join(lines) + "\n\n" + " ".join(caption_sentences(table, prov)) + "\n"
+    return "\n".join(lines) + "\n\n" + caption + "\n"
 
 
 def latex(table: Table, prov: Provenance) -> str:
     header, body = cell_grid(table, tex_escape, lambda s: r"\textbf{" + s + "}", TEX_SPECIAL[DAGGER])
-    label = tex_label(f"tab:peft-{table.model}-{table.task}")
+    caption = " ".join(tex_escape(s) for s in caption_sentences(table, prov))
+    return latex_tabular(header, body, caption, tex_label(f"tab:peft-{table.model}-{table.task}"))
+
+
+def latex_tabular(header: list[str], body: list[list[str]], caption: str, label: str) -> str:
+    """A booktabs table of cells already escaped for LaTeX."""
     lines = [
         "% Written by `python -m peftlab.report`. In a paper: \\usepackage{booktabs}, then \\input{table.tex}.",
         r"\begin{table}[t]",
         r"  \centering",
-        r"  \caption{" + " ".join(tex_escape(s) for s in caption_sentences(table, prov)) + "}",
+        r"  \caption{" + caption + "}",
         r"  \label{" + label + "}",
         r"  \begin{tabular}{l" + "r" * (len(header) - 1) + "}",
         r"    \toprule",
