@@ -109,6 +109,15 @@ class Task:
         return {}
 
     # -- shared --------------------------------------------------------------------------------
+    def check_labels(self, labels: list[str], found, kind: str = "label") -> None:
+        """Every (label, where it was read) in `found` is in the label set, which has at least two."""
+        known = set(labels)
+        for label, where in found:
+            if label not in known:
+                raise DataError(f"{where} has {kind} {label!r}, which is not in the label set {labels}")
+        if len(labels) < 2:
+            raise DataError(f"task {self.cfg.name}: needs at least 2 {kind}s, found {labels}")
+
     @classmethod
     def metric_names(cls) -> tuple[str, ...]:
         return tuple(m.name for m in cls.metric_info)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Any, Optional
 
-from peftlab.errors import DataError
 from peftlab.tasks.base import MetricInfo, Task
 
 
@@ -32,15 +31,8 @@ class TextClassificationTask(Task):
 
     def examples(self, split: str) -> list[dict[str, Any]]:
         rows = super().examples(split)
-        index = {label: i for i, label in enumerate(self.labels)}
-        for number, row in enumerate(rows, start=1):
-            if row["label"] not in index:
-                raise DataError(
-                    f"task {self.cfg.name}: {split} example {number} has label {row['label']!r}, "
-                    f"which is not in the label set {self.labels}"
-                )
-        if len(self.labels) < 2:
-            raise DataError(f"task {self.cfg.name}: needs at least 2 labels, found {self.labels}")
+        where = f"task {self.cfg.name}: {split} example"
+        self.check_labels(self.labels, ((row["label"], f"{where} {n}") for n, row in enumerate(rows, start=1)))
         return rows
 
     def encode(self, examples, tokenizer):

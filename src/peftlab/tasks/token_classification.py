@@ -53,16 +53,9 @@ class TokenClassificationTask(Task):
 
     def examples(self, split):
         rows = super().examples(split)
-        known = set(self.labels)
-        for row in rows:
-            for offset, tag in enumerate(row["tags"]):
-                if tag not in known:
-                    raise DataError(
-                        f"{self.split_file(split)} line {row['line'] + offset} has tag {tag!r}, "
-                        f"which is not in the label set {self.labels}"
-                    )
-        if len(self.labels) < 2:
-            raise DataError(f"task {self.cfg.name}: needs at least 2 tags, found {self.labels}")
+        path = self.split_file(split)
+        found = ((tag, f"{path} line {row['line'] + offset}") for row in rows for offset, tag in enumerate(row["tags"]))
+        self.check_labels(self.labels, found, kind="tag")
         return rows
 
     def encode(self, examples, tokenizer):
