@@ -46,18 +46,17 @@ def parse_args(argv: list[str]) -> tuple[Path, dict[str, Any]]:
 
 def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     """Scores of the run's saved weights on `split`, with what training recorded for comparison."""
-    from peftlab.reload import load_run_config
+    from peftlab.reload import load_run, load_run_config
 
-    load_run_config(run_dir)  # a folder that is not a finished run fails before torch loads
+    cfg = load_run_config(run_dir)  # a folder that is not a finished run fails before torch loads
     import torch
     from torch.utils.data import DataLoader
 
     from peftlab.data import eval_batches
     from peftlab.models import load_tokenizer
-    from peftlab.reload import load_run
     from peftlab.scoring import Scorer, precision_plugin
 
-    cfg, task, model = load_run(run_dir)
+    cfg, task, model = load_run(run_dir, cfg)
     tokenizer = load_tokenizer(cfg.model)
     raw = task.examples(split)
     examples = task.encode(raw, tokenizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -41,9 +42,9 @@ def load_run_config(run_dir: Path) -> Config:
         raise DataError(f"{path}: {err}") from None  # e.g. its model folder is gone
 
 
-def load_run(run_dir: Path):
-    """(config, task, model in eval mode) for a finished run folder."""
-    cfg = load_run_config(run_dir)
+def load_run(run_dir: Path, cfg: Optional[Config] = None):
+    """(config, task, model in eval mode) for a finished run folder (`cfg`: its load_run_config, if read already)."""
+    cfg = cfg or load_run_config(run_dir)
     quiet_libraries()
     task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
     base = load_model(cfg.model, task)

@@ -41,7 +41,7 @@ def columns(table: Table) -> list[Column]:
         scale = 100 if info.percent else 1
         cols.append(
             Column(
-                metric_heading(info), lambda r, n=name, k=scale: _mean_std(r.scores[n], k),
+                metric_heading(info), lambda r, n=name, k=scale: mean_std(r.scores[n], k),
                 lambda r, n=name, k=scale: round(k * r.scores[n].mean, 2), "max" if info.higher_is_better else "min",
             )
         )  # fmt: skip
@@ -245,7 +245,7 @@ def metric_heading(info: MetricInfo) -> str:
     return f"{metric_title(info.name)}{' (%)' if info.percent else ''} {'↑' if info.higher_is_better else '↓'}"
 
 
-def _mean_std(s: Stat, scale: float) -> str:
+def mean_std(s: Stat, scale: float) -> str:
     return f"{scale * s.mean:.2f}" if s.n < 2 else f"{scale * s.mean:.2f} {chr(177)} {scale * s.std:.2f}"
 
 

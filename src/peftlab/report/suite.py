@@ -11,7 +11,7 @@ import io
 from dataclasses import dataclass
 from typing import Optional
 
-from peftlab.report.render import DAGGER, TEX_SPECIAL, _mean_std, latex_tabular, markdown_table, metric_heading, tex_escape
+from peftlab.report.render import DAGGER, TEX_SPECIAL, mean_std, latex_tabular, markdown_table, metric_heading, tex_escape
 from peftlab.report.table import Row, Table
 
 
@@ -71,7 +71,7 @@ def _cells(suite: Suite, escape, bold, mark: str) -> tuple[list[str], list[list[
                 cells.append("—")
                 continue
             stat = row.scores[table.main_metric]
-            text = escape(_mean_std(stat, 100 if table.metric_info[table.main_metric].percent else 1))
+            text = escape(mean_std(stat, 100 if table.metric_info[table.main_metric].percent else 1))
             text = bold(text) if best[task] is not None and round(stat.mean, 6) == best[task] else text
             cells.append(text + (mark if row.significant else ""))
         if suite.averageable:

@@ -113,9 +113,6 @@ class ExtractiveQaTask(Task):
     def model_inputs(self, batch):
         return {key: value for key, value in batch.items() if key not in SCORING_KEYS}
 
-    def loss_weight(self, batch) -> int:
-        return len(batch["input_ids"])  # the model's loss is a mean over the batch's windows
-
     def metric_inputs(self, outputs, batch):
         return outputs.start_logits, outputs.end_logits, batch["offsets"], batch["example_id"]
 
