@@ -19,14 +19,13 @@ CONF_DIR = Path(__file__).parent / "conf"
 def main(cfg, raw):
     from hydra.core.hydra_config import HydraConfig
 
-    from peftlab.outputs import summary_line
     from peftlab.recipe import train  # heavy imports (torch, transformers, Lightning) start here
 
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     run = train(cfg, raw, run_dir=run_dir)
-    if run.metrics:  # rank 0 only
+    if run.record is not None:  # rank 0 only
         shown = run_dir.relative_to(Path.cwd()) if run_dir.is_relative_to(Path.cwd()) else run_dir
-        print(summary_line(run.metrics, shown), flush=True)
+        print(run.record.summary_line(shown), flush=True)
 
 
 if __name__ == "__main__":

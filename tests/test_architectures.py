@@ -65,9 +65,9 @@ def test_houlsby_adapters_sit_after_both_sub_layers(model_type):
 @pytest.mark.parametrize("model_type", ["distilbert", "deberta-v2"])
 def test_other_architectures_train_and_record_what_ran(tmp_path, model_type, sst2_available):
     run = train_tiny(tmp_path, f"model={MODELS[model_type]}", "peft=lora", "rank=4")
-    assert run.metrics["architecture"] == model_type
-    assert run.metrics["peft"]["target_modules"] == list(PROFILES[model_type].all_linear)
-    assert run.metrics["peft"]["r"] == 4
+    assert run.record.model.model_type == model_type
+    assert run.record.method.settings["target_modules"] == list(PROFILES[model_type].all_linear)
+    assert run.record.method.settings["r"] == 4
 
 
 def test_a_model_without_a_profile_needs_targets(sst2_available):

@@ -44,6 +44,9 @@ CONFIG_ROWS = [
     ("-m rank=abc,4", "rank: Value 'abc' of type 'str' could not be converted to Integer"),
     ("-m rank=4,8 peft=lora,lorra", "peft=lorra is not an option"),
     ("-m --cfg job", "--multirun and --cfg cannot go together"),
+    # budgets
+    ("budget=fast", "budget=fast is not an option; allowed: cpu, none"),
+    ("budget=cpu task=csv task.train_file=x.csv", "budget=cpu has no budget for task=csv (no conf/task_budget/cpu_csv.yaml); allowed: a task of cola, conll2003"),
     # model
     ("model=gpt5", "model=gpt5 is not an option; allowed: hub, minilm, tiny-bert"),
     ("model.name_or_path=./no/such/model", "model.name_or_path=./no/such/model: no such model folder"),
@@ -56,6 +59,7 @@ CONFIG_ROWS = [
     ("peft=null", "Config group override must be a string or a list"),
     ("peft.rr=4", "peft.rr: unknown config key"),
     ("peft.dropout=1.5", "peft.dropout=1.5 is out of range; it must be in [0, 1)"),
+    ("peft.r=0", "peft.r=0 is out of range; it must be an integer >= 1"),
     ("peft.target_modules=[]", "peft.target_modules=[] is out of range; name a target set (attention, all_linear"),
     ("peft.target_modules=query", "peft.target_modules=query is not a target set; allowed: attention, all_linear, ffn, ffn_in, ia3, or a list of module names"),
     ("logger.tags=oops", "logger.tags: a list is expected here, e.g. logger.tags=[a,b]"),
@@ -336,7 +340,7 @@ EVALUATE_ROWS = [
     (["{broken:corrupt-config}"], "corrupt-config/config.yaml is not a readable run config"),
     (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record"),
     (["{broken:empty-weights}"], "empty-weights/weights: the saved weights cannot be loaded"),
-    (["{broken:eval-not-a-mapping}"], "eval-not-a-mapping/metrics.json is not a run record: eval is not a mapping"),
+    (["{broken:eval-not-a-mapping}"], "eval-not-a-mapping/metrics.json is not a run record: eval is [1], not a mapping"),
     (["{broken:corrupt-adapter}"], "corrupt-adapter/weights: the saved weights cannot be loaded"),
     (["{broken:unknown-config-key}"], "unknown-config-key/config.yaml: bogus_key: unknown config key"),
     (["{broken:empty-config}"], "empty-config/config.yaml is not a run config: it is empty or not a mapping"),
@@ -351,11 +355,12 @@ REPORT_ROWS = [
     (["{run}", "--split", "bogus"], "--split bogus is not a split; allowed: train, validation, test"),
     (["{run}", "--group-by", "colour"], "--group-by colour: not a grouping key; allowed: model, task"),
     (["--runs-dir", "{tmp}"], "--runs-dir, --methods and --seeds go together"),
+    (["--tasks", "sst2", "{tmp}"], "--runs-dir, --methods and --seeds go together (and --tasks with them)"),
     (["{tmp}/nowhere"], "no finished runs to report"),
     (["{broken:truncated-metrics}"], "truncated-metrics/metrics.json is not a run record: not valid JSON"),
     (["{broken:old-metrics}"], "old-metrics/metrics.json is not a run record: it has no eval"),
     (["{run}", "--evals", "{tmp}/nowhere"], "--evals {tmp}/nowhere: no such folder"),
-    (["{broken:eval-not-a-mapping}"], "eval-not-a-mapping/metrics.json is not a run record: eval is not a mapping"),
+    (["{broken:eval-not-a-mapping}"], "eval-not-a-mapping/metrics.json is not a run record: eval is [1], not a mapping"),
     (["{run}", "--baseline", "nosuch"], "--baseline nosuch: no run of that method; allowed: lora"),
 ]
 

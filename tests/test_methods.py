@@ -113,3 +113,55 @@ def test_adalora_budget_shrinks_to_the_target(tmp_path, sst2_available):
     saved = json.loads((tmp_path / WEIGHTS_DIR / "adapter_config.json").read_text())
     assert sum(saved["rank_pattern"][k].count(True) for k in saved["rank_pattern"]) == 2 * matrices
     assert run.metrics["params"]["trainable"] == matrices * 6 * (D + D + 1) + HEAD
+
+
+def test_peft_gets_the_task_type_of_the_head(tmp_path, sst2_available):
+    from peft import AutoPeftModelForSequenceClassification
+
+    run = train_tiny(tmp_path, "peft=lora", "rank=4")
+    assert type(run.model).__name__ == "PeftModelForSequenceClassification"
+    saved = json.loads((tmp_path / WEIGHTS_DIR / "adapter_config.json").read_text())
+    assert saved["task_type"] == "SEQ_CLS"
+    _, _, reloaded = load_run(tmp_path)
+    assert type(reloaded).__name__ == "PeftModelForSequenceClassification"
+    assert AutoPeftModelForSequenceClassification._target_peft_class is type(reloaded)  # what reloads it for users
+
+
+def test_adalora_regulariser_is_in_the_training_loss(tmp_path, sst2_available):
+    """Through peft's task wrapper the tuner's forward runs, which adds AdaLoRA's orthogonal
+    regulariser to the loss; a plain PeftModel would skip it."""
+    run = train_tiny(tmp_path, "peft=adalora", "rank=2", "peft.orth_reg_weight=0.5")
+    model = run.model.train()
+    batch = {"input_ids": torch.tensor([[101, 7592, 102]]), "labels": torch.tensor([1])}
+    torch.manual_seed(0)
+    with_regulariser = model(**batch).loss
+    torch.manual_seed(0)
+    plain = model.get_base_model()(**batch).loss  # what a plain PeftModel computes
+    assert float(with_regulariser - plain) > 0
+
+
+def test_peft_question_answering_wrapper_drops_token_type_ids():
+    """Why QA keeps the plain PeftModel (methods/peft_library.py): peft's QA wrapper does not pass
+    token_type_ids on. When this fails, peft has fixed it and QA can take QUESTION_ANS."""
+    import copy
+
+    import peft
+    from transformers import AutoModelForQuestionAnswering, BertConfig
+
+    from peftlab.methods.peft_library import task_type
+
+    torch.manual_seed(0)
+    base = AutoModelForQuestionAnswering.from_config(BertConfig(hidden_size=D, num_hidden_layers=L, num_attention_heads=2, intermediate_size=I, vocab_size=100))
+    assert task_type(base) is None
+    ids = torch.tensor([[1, 5, 6, 2, 7, 8, 2]])
+    segments = torch.tensor([[0, 0, 0, 0, 1, 1, 1]])
+
+    def start_logits(task):
+        model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, target_modules=["query"], task_type=task)).eval()
+        with torch.no_grad():
+            return model(input_ids=ids, token_type_ids=segments).start_logits, model(input_ids=ids).start_logits
+
+    with_segments, without = start_logits("QUESTION_ANS")
+    assert torch.equal(with_segments, without)  # the wrapper ignored the segments
+    with_segments, without = start_logits(None)
+    assert not torch.equal(with_segments, without)  # the plain PeftModel passes them on

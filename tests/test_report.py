@@ -236,7 +236,7 @@ def test_command_line_errors_are_one_line(tmp_path):
     for args, message in [
         ((), "error: no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds"),
         (("x", "--p", "2"), "error: --p 2.0 is out of range; it must be in (0, 1)"),
-        (("--runs-dir", "r"), "error: --runs-dir, --methods and --seeds go together: name the folder, the methods and the seeds of the grid"),
+        (("--runs-dir", "r"), "error: --runs-dir, --methods and --seeds go together (and --tasks with them): name the folder, the methods and the seeds of the grid"),
         (("--seeds", "one"), "error: argument --seeds: invalid int value: 'one' (see python -m peftlab.report --help)"),
         (("nowhere", "--out", "r"), "error: no finished runs to report; missing: nowhere (no such folder)"),
     ]:

@@ -15,6 +15,7 @@ import torch
 from conftest import DATA, TINY, run_cli, train_tiny
 
 from peftlab.errors import RunFolderError, TrainingError
+from peftlab.methods import METHODS
 from peftlab.module import PeftModule
 from peftlab.outputs import CONFIG_FILE, LOCK_FILE, METRICS_FILE, WEIGHTS_DIR, atomic_write, claim_run_folder
 from peftlab.progress import PlannedStepsProgressBar
@@ -90,7 +91,7 @@ def test_cpu_ddp_two_processes_match_one_process_scoring(tmp_path, sst2_availabl
 
     data = TaskDataModule(task, load_tokenizer(cfg.model), 8, 8, 0, cfg.seed)
     data.setup()
-    scorer = Scorer(task)
+    scorer = Scorer(task, METHODS.get(cfg.peft.method, "peft.method")(cfg.peft))
     with torch.no_grad():
         for batch in data.val_dataloader():
             scorer.update(model, batch)
@@ -135,7 +136,7 @@ def test_runs_started_together_never_share_a_folder(tmp_path, sst2_available):
         # The run ends with its own summary line, naming its folder.
         last = result.stdout.strip().splitlines()[-1]
         assert re.fullmatch(
-            r"finished lora on sst2 \(tiny-bert, seed 42\): validation accuracy \d\.\d{4} \(n=32\) \| trainable [\d,]+ of "
+            r"finished lora-r8 on sst2 \(tiny-bert, seed 42\): validation accuracy \d\.\d{4} \(n=32\) \| trainable [\d,]+ of "
             r"[\d,]+ \(\d+\.\d{3}%\) \| trained in \d+\.\d s \| " + re.escape(str(folder.relative_to(tmp_path))), last
         ), last
         for noise in ("is_gradient_checkpointing", "LeafSpec", "anonymous setting", "Loading weights", "logging interval", "Warning", "WARNING"):

@@ -143,10 +143,18 @@ class Config:
     data_dir: str = "data"  # filled by `dvc pull`
 
     def __post_init__(self) -> None:
-        require(self.rank >= 1, "rank", self.rank, "it must be an integer >= 1")
-        require(0 < self.alpha < math.inf, "alpha", self.alpha, "it must be > 0 and finite")
+        check_shortcuts(self.rank, self.alpha)
         require(0 < self.lr < math.inf, "lr", self.lr, "it must be > 0 and finite")
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"it must be in [0, {MAX_SEED}] (numpy's seed range)")
+
+
+def check_shortcuts(rank: Any, alpha: Any) -> None:
+    """The top-level `rank` and `alpha`, checked before the method's own settings that default to
+    them (peft.r: ${rank}), so `rank=0` is named as the user typed it."""
+    if isinstance(rank, int) and not isinstance(rank, bool):
+        require(rank >= 1, "rank", rank, "it must be an integer >= 1")
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool):
+        require(0 < alpha < math.inf, "alpha", float(alpha), "it must be > 0 and finite")
 
 
 def package_model_dir(package: str) -> str:
@@ -167,6 +175,28 @@ def run_id() -> str:
     return secrets.token_hex(4)
 
 
+def method_label(*, _root_: DictConfig) -> str:
+    """Resolver `${method_label:}`: the chosen method's label for the run folder (lora-r8, full),
+    from the method's own typed settings, so `peft.r=16` is filed as r16 whatever `rank` says."""
+    from peftlab.methods import METHODS
+
+    peft = _root_.get("peft")
+    if not isinstance(peft, DictConfig) or not isinstance(peft.get("method"), str):
+        raise ConfigError("peft: none chosen; allowed: peft=NAME with a NAME from conf/peft/")
+    schema = METHODS.get(peft.method, "peft.method").config_class
+    with config_errors("peft"):
+        typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(peft, resolve=True)))
+    return typed.label()
+
+
+def preset_label(preset: str, preset_path: str, *, _parent_: DictConfig) -> str:
+    """Resolver `${preset_label:NAME,PATH}` for a model preset's `name`: NAME while the preset's
+    own weights (PATH) are used, the weights' folder or hub name once `model.name_or_path` points
+    elsewhere, so a run on other weights is never filed and tabled under the preset's name."""
+    path = str(_parent_.get("name_or_path"))
+    return preset if path == str(preset_path) else Path(path.rstrip("/")).name
+
+
 def register() -> None:
     """Make the schema and resolvers known to Hydra (idempotent)."""
     ConfigStore.instance().store(name="peftlab_schema", node=Config)
@@ -174,6 +204,10 @@ def register() -> None:
         OmegaConf.register_new_resolver("run_id", run_id)
     if not OmegaConf.has_resolver("package_model_dir"):
         OmegaConf.register_new_resolver("package_model_dir", package_model_dir)
+    if not OmegaConf.has_resolver("method_label"):
+        OmegaConf.register_new_resolver("method_label", method_label)
+    if not OmegaConf.has_resolver("preset_label"):
+        OmegaConf.register_new_resolver("preset_label", preset_label)
     if not OmegaConf.has_resolver("basename"):  # a short model label from a hub id or folder
         OmegaConf.register_new_resolver("basename", lambda path: Path(str(path).rstrip("/")).name)
 
@@ -186,6 +220,8 @@ def validate(cfg: DictConfig) -> Config:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     refuse_unknown_keys(cfg)
+    with config_errors():
+        check_shortcuts(cfg.get("rank"), cfg.get("alpha"))
     for section, registry, key in (("peft", METHODS, "method"), ("task", TASKS, "task")):
         name = OmegaConf.select(cfg, f"{section}.{key}")
         if name is None:  # `~peft` on the command line, or a run config without the section

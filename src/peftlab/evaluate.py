@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.outputs import atomic_write, make_output_folder, read_metrics
+from peftlab.outputs import atomic_write, make_output_folder
+from peftlab.record import RunRecord
 from peftlab.tasks.base import SPLITS
 
 USAGE = "usage: python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]"
@@ -53,6 +54,7 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from peftlab.data import eval_batches
+    from peftlab.methods import METHODS
     from peftlab.models import load_tokenizer
     from peftlab.scoring import Scorer, precision_plugin
 
@@ -63,7 +65,7 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
     batches = eval_batches([len(e["input_ids"]) for e in examples], cfg.trainer.eval_batch_size)
     loader = DataLoader(examples, batch_sampler=batches, collate_fn=task.collator(tokenizer))
 
-    scorer = Scorer(task)
+    scorer = Scorer(task, METHODS.get(cfg.peft.method, "peft.method")(cfg.peft))
     precision = precision_plugin(cfg.trainer.precision)  # cast and autocast as training's validation did
     model = precision.convert_module(model)
     with torch.inference_mode(), precision.forward_context():
@@ -71,15 +73,15 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
             scorer.update(model, precision.convert_input(batch))
     scores = scorer.compute()
 
-    recorded = read_metrics(run_dir)
-    trained_on_split = recorded["eval"].get("split") == split
-    training_scores = {k: recorded["eval"][k] for k in scores if k in recorded["eval"]} if trained_on_split else None
+    recorded = RunRecord.read(run_dir)
+    trained = recorded.eval.values
+    training_scores = {k: trained[k] for k in scores if k in trained} if recorded.eval.split == split else None
     return {
         "run": str(run_dir),
-        "model": recorded["model"],
-        "method": recorded["method"],
-        "task": recorded["task"],
-        "seed": recorded["seed"],
+        "model": recorded.model.name,
+        "method": recorded.method.label,
+        "task": recorded.task,
+        "seed": recorded.seed,
         "split": split,
         "n": len(raw),
         "batch_size": cfg.trainer.eval_batch_size,

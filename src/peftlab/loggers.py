@@ -15,7 +15,7 @@ from peftlab.errors import ConfigError
 
 
 def build_loggers(cfg: Config, run_dir: Path, resolved: dict) -> list[Logger]:
-    name = f"{cfg.task.name}-{cfg.model.name}-{cfg.peft.name}-r{cfg.rank}-s{cfg.seed}"
+    name = f"{cfg.task.name}-{cfg.model.name}-{cfg.peft.label()}-s{cfg.seed}"  # as the run folder names it
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
     if cfg.logger.mode == "online":
         require_wandb_login()

@@ -39,6 +39,14 @@ def load_model(cfg: ModelConfig, task: Task):
     return _from_pretrained(auto_class, "model.name_or_path", cfg.name_or_path, **task.model_kwargs())
 
 
+def model_source(cfg: ModelConfig) -> str:
+    """Where the weights come from, for the run record: a hub id or folder, or the config class a
+    random test model is built from."""
+    if cfg.random_init is not None:
+        return f"random {cfg.random_init['config_class']}"
+    return str(cfg.name_or_path)
+
+
 def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
     """transformers' real loading code (hub or folder), with a one-line error when it cannot."""
     from pathlib import Path

@@ -20,7 +20,7 @@ class PeftModule(L.LightningModule):
         self.model, self.method, self.task = model, method, task
         self.lr, self.trainer_cfg, self.total_steps = lr, trainer_cfg, total_steps
         self.no_decay = no_decay  # parameter-name suffixes without weight decay (the architecture's)
-        self.scorer = Scorer(task)  # the evaluation path `peftlab.evaluate` runs too
+        self.scorer = Scorer(task, method)  # the evaluation path `peftlab.evaluate` runs too
         self.train_samples = 0  # this rank's count
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (global step, metrics)
 

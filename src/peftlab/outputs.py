@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
-from peftlab.errors import ConfigError, DataError, RunFolderError
+from peftlab.errors import ConfigError, RunFolderError
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -98,61 +97,6 @@ def start_run_folder(run_dir: Path, raw: DictConfig) -> None:
     atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(raw, resolve=True))
 
 
-def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> None:
-    atomic_write(run_dir / METRICS_FILE, json.dumps(metrics, indent=2, sort_keys=False) + "\n")
-
-
-# What every finished run's metrics.json holds, with the type of each value; a file without them
-# was not written by this recipe (or was damaged since).
-NUMBER = (int, float)
-RECORD_SCHEMA: dict[str, Any] = {
-    "status": str, "model": str, "method": str, "task": str, "seed": int, "main_metric": str,
-    "eval": {"split": str, "n": int},
-    "params": {"trainable": int, "total": int, "trainable_percent": NUMBER},
-    "train": {"time_s": NUMBER, "samples_per_s": NUMBER},
-    "memory": {"peak_mb": NUMBER},
-    "weights": {"bytes": int},
-}  # fmt: skip
-RECORD_KEYS = tuple(RECORD_SCHEMA)
-
-
-def read_metrics(run_dir: Path) -> dict[str, Any]:
-    """A run's metrics.json, or one DataError line when it is not a run record."""
-    path = run_dir / METRICS_FILE
-    try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path} is not a run record: not valid JSON ({err.msg} at line {err.lineno})") from None
-    missing = [key for key in RECORD_KEYS if key not in record] if isinstance(record, dict) else list(RECORD_KEYS)
-    if missing:
-        raise DataError(f"{path} is not a run record: it has no {', '.join(missing)} (rerun the training to rewrite it)")
-    problem = _schema_problem(record, RECORD_SCHEMA, "")
-    if problem is None and isinstance(record["eval"], dict):
-        main = record["main_metric"]
-        if not isinstance(record["eval"].get(main), NUMBER):
-            problem = f"eval.{main} (its main metric) is not a number"
-    if problem:
-        raise DataError(f"{path} is not a run record: {problem} (rerun the training to rewrite it)")
-    return record
-
-
-def _schema_problem(value: Any, schema: Any, where: str) -> str | None:
-    """The first place where `value` does not have the shape `schema` describes, or None."""
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            return f"{where} is not a mapping"
-        for key, inner in schema.items():
-            if key not in value:
-                return f"it has no {where + '.' if where else ''}{key}"
-            problem = _schema_problem(value[key], inner, f"{where + '.' if where else ''}{key}")
-            if problem:
-                return problem
-        return None
-    if isinstance(value, bool) or not isinstance(value, schema):
-        return f"{where} is {value!r}, not a {'number' if schema is NUMBER else schema.__name__}"
-    return None
-
-
 def atomic_write(path: Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers see all of it or nothing."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -165,17 +109,6 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def summary_line(metrics: dict[str, Any], run_dir: Path) -> str:
-    """The line a finished run ends with: its main result, its size, its time and where it is."""
-    ev, params = metrics["eval"], metrics["params"]
-    main = metrics["main_metric"]
-    return (
-        f"finished {metrics['method']} on {metrics['task']} ({metrics['model']}, seed {metrics['seed']}): "
-        f"{ev['split']} {main} {ev[main]:.4f} (n={ev['n']}) | trainable {params['trainable']:,} of "
-        f"{params['total']:,} ({params['trainable_percent']:.3f}%) | trained in {metrics['train']['time_s']:.1f} s | {run_dir}"
-    )
 
 
 def folder_bytes(folder: Path) -> int:

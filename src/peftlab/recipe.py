@@ -12,7 +12,7 @@ import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import lightning as L
 import torch
@@ -29,9 +29,10 @@ from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
 from peftlab.architectures import architecture_of
-from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer
+from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source
 from peftlab.module import PeftModule
-from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_metrics
+from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder
+from peftlab.record import Memory, MethodRecord, ModelIdentity, Params, RunRecord, Scores, TrainStats, Weights
 from peftlab.progress import PlannedStepsProgressBar
 from peftlab.quiet import quiet_libraries
 from peftlab.tasks import TASKS
@@ -44,8 +45,13 @@ MULTI_NODE_ENV = {"NODE_RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID", "SLURM_NTASK
 
 @dataclass
 class TrainedRun:
-    metrics: dict[str, Any]  # what metrics.json holds (empty on ranks other than 0)
+    record: Optional[RunRecord]  # what metrics.json holds (None on ranks other than 0)
     model: Any  # the trained model, in memory
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The record as metrics.json holds it."""
+        return self.record.to_json() if self.record is not None else {}
 
 
 def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callback] = ()) -> TrainedRun:
@@ -98,39 +104,35 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             if module.last_eval is None or module.last_eval[0] != trainer.global_step:
                 trainer.validate(module, datamodule=data, verbose=False)
             if not trainer.is_global_zero:
-                return TrainedRun({}, module.model)
+                return TrainedRun(None, module.model)
 
             method.save(module.model, run_dir / WEIGHTS_DIR)
-            summary.update(
-                status="finished",
-                model=cfg.model.name,
-                method=cfg.peft.name,
+            record = RunRecord(
                 task=cfg.task.name,
+                model=ModelIdentity(cfg.model.name, arch.model_type, model_source(cfg.model)),
+                method=MethodRecord(cfg.peft.name, cfg.peft.label(), settings),
                 seed=cfg.seed,
-                rank=cfg.rank,
-                alpha=cfg.alpha,
                 lr=cfg.lr,
-                peft=settings,
-                architecture=arch.model_type,
                 main_metric=task.main_metric,
-                metric_info={m.name: {"higher_is_better": m.higher_is_better, "percent": m.percent} for m in (*task.metric_info, LOSS)},
-                eval={"split": "validation", "n": data.counts["validation"], **module.last_eval[1]},
-                params=params,
-                train={
-                    "steps": trainer.global_step,
-                    "planned_steps": total_steps,
-                    "samples": samples,
-                    "time_s": round(train_time, 3),
-                    "samples_per_s": round(samples / train_time, 2),
-                    "devices": trainer.world_size,
-                    "precision": str(trainer.precision),  # what ran: Lightning runs 16-mixed as bf16-mixed on CPU
-                },
-                memory=_peak_memory(trainer),
-                weights={"dir": WEIGHTS_DIR, "bytes": folder_bytes(run_dir / WEIGHTS_DIR)},
+                metric_info={m.name: m for m in (*task.metric_info, LOSS)},
+                eval=Scores("validation", data.counts["validation"], module.last_eval[1]),
+                params=Params(**params),
+                train=TrainStats(
+                    time_s=round(train_time, 3),
+                    samples_per_s=round(samples / train_time, 2),
+                    steps=trainer.global_step,
+                    planned_steps=total_steps,
+                    samples=samples,
+                    devices=trainer.world_size,
+                    precision=str(trainer.precision),  # what ran: Lightning runs 16-mixed as bf16-mixed on CPU
+                ),
+                memory=Memory(**_peak_memory(trainer)),
+                weights=Weights(folder_bytes(run_dir / WEIGHTS_DIR), WEIGHTS_DIR),
                 versions=_versions(),
             )
-            write_metrics(run_dir, summary)  # last: its presence marks a finished run
-    return TrainedRun(summary, module.model)
+            summary.update(record.to_json())  # the loggers' run summary (W&B) holds the same
+            record.write(run_dir)  # last: its presence marks a finished run
+    return TrainedRun(record, module.model)
 
 
 def check_devices(t: TrainerConfig) -> None:

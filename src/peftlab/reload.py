@@ -13,7 +13,8 @@ from peftlab.config import Config, config_errors, validate
 from peftlab.errors import ConfigError, DataError, first_line
 from peftlab.methods import METHODS
 from peftlab.models import load_model
-from peftlab.outputs import CONFIG_FILE, METRICS_FILE, WEIGHTS_DIR, read_metrics
+from peftlab.outputs import CONFIG_FILE, METRICS_FILE, WEIGHTS_DIR
+from peftlab.record import RunRecord
 from peftlab.quiet import quiet_libraries
 from peftlab.tasks import TASKS
 
@@ -24,7 +25,7 @@ def load_run_config(run_dir: Path) -> Config:
         raise DataError(f"{run_dir}: no such run folder")
     if not (run_dir / METRICS_FILE).is_file():
         raise DataError(f"{run_dir} is not a finished run (no {METRICS_FILE})")
-    read_metrics(run_dir)  # a run record, not any JSON file
+    RunRecord.read(run_dir)  # a run record, not any JSON file
     if not (run_dir / WEIGHTS_DIR).is_dir():
         raise DataError(f"{run_dir / WEIGHTS_DIR}: no saved weights in this run folder (copied without them?)")
     path = run_dir / CONFIG_FILE

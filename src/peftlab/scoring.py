@@ -2,7 +2,8 @@
 
 Training's validation (`PeftModule`) and `python -m peftlab.evaluate` both feed batches to a
 `Scorer`, so on the same split and batches their numbers are bit-identical. The task decides how
-a batch is scored (`model_inputs`, `metric_inputs`) and what the loss is averaged over (`loss_weight`).
+a batch is scored (`model_inputs`, `metric_inputs`) and what the loss is averaged over (`loss_weight`);
+the loss is the task's alone (`Method.task_loss_only`), so it compares across methods.
 """
 
 from __future__ import annotations
@@ -10,21 +11,23 @@ from __future__ import annotations
 from torch import nn
 from torchmetrics import MeanMetric
 
+from peftlab.methods import Method
 from peftlab.tasks import Task
 
 
 class Scorer(nn.Module):
     """A module, so Lightning moves its metric states to the device and syncs them across ranks."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, method: Method) -> None:
         super().__init__()
-        self.task = task
+        self.task, self.method = task, method
         self.metrics = task.metrics()
         self.loss = MeanMetric()
 
     def update(self, model, batch) -> None:
         """Score one batch: the model's forward pass on what the task feeds it, then the task's metrics."""
-        outputs = model(**self.task.model_inputs(batch))
+        with self.method.task_loss_only(model):
+            outputs = model(**self.task.model_inputs(batch))
         self.loss.update(outputs.loss, weight=self.task.loss_weight(batch))
         self.metrics.update(*self.task.metric_inputs(outputs, batch))
 

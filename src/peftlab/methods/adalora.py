@@ -7,6 +7,7 @@ after every optimizer step, while the gradients are still there; the trainer mak
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -48,6 +49,9 @@ class AdaLoraConfig(MethodConfig):
             require(value is None or value >= 0, f"peft.{key}", value, "it must be >= 0 steps, or null for the default")
         require(self.orth_reg_weight >= 0, "peft.orth_reg_weight", self.orth_reg_weight, "it must be >= 0")
         require(0 <= self.dropout < 1, "peft.dropout", self.dropout, "it must be in [0, 1)")
+
+    def label(self) -> str:
+        return f"{self.name}-r{self.target_r}"  # the rank it ends at
         check_target_setting("peft.target_modules", self.target_modules)
 
 
@@ -91,8 +95,28 @@ class AdaLora(PeftLibraryMethod):
 
     def settings(self, model, arch):
         tinit, tfinal = getattr(self, "schedule_steps", (None, None))
-        return {"init_r": self.cfg.init_r, "target_r": self.cfg.target_r, "alpha": self.cfg.alpha, **super().settings(model, arch),
-                "tinit": tinit, "tfinal": tfinal, "deltaT": self.cfg.deltaT}  # fmt: skip
+        return {"init_r": self.cfg.init_r, "target_r": self.cfg.target_r, "alpha": self.cfg.alpha, "dropout": self.cfg.dropout,
+                **super().settings(model, arch), "tinit": tinit, "tfinal": tfinal, "deltaT": self.cfg.deltaT,
+                "beta1": self.cfg.beta1, "beta2": self.cfg.beta2, "orth_reg_weight": self.cfg.orth_reg_weight}  # fmt: skip
+
+    def load(self, model, folder, arch):
+        from peft import PeftModel
+
+        # Loaded as trainable, then frozen: peft's AdaLoraModel knows its adapter's name only in
+        # trainable mode, and its forward needs it whenever a loss is computed.
+        model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+        return model.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def task_loss_only(self, model):
+        # peft adds orth_reg_weight * (the regulariser) to every loss its forward returns; at 0 the
+        # sum is the task's loss exactly.
+        config = model.peft_config[model.active_adapter]
+        weight, config.orth_reg_weight = config.orth_reg_weight, 0.0
+        try:
+            yield
+        finally:
+            config.orth_reg_weight = weight
 
     def after_optimizer_step(self, model, step):
         model.base_model.update_and_allocate(step)

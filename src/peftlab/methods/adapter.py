@@ -35,6 +35,9 @@ class AdapterConfig(MethodConfig):
             require(self.reduction_factor >= 1, "peft.reduction_factor", self.reduction_factor, "it must be >= 1")
         require_choice("peft.activation", self.activation, ACTIVATIONS)
 
+    def label(self) -> str:  # b: bottleneck width; rf: hidden size divided by it
+        return f"{self.name}-rf{self.reduction_factor}" if self.reduction_factor is not None else f"{self.name}-b{self.bottleneck_dim}"
+
 
 @METHODS.register("adapter")
 class Adapter(Method):

@@ -7,6 +7,7 @@ imported inside functions so that a bad config fails before they load.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,11 @@ class MethodConfig:
     def __post_init__(self) -> None:
         require(0 < self.lr < float("inf"), "peft.lr", self.lr, "it must be > 0 and finite")
 
+    def label(self) -> str:
+        """The run's label in folders and tables: the name, with the rank or width of methods that
+        have one (lora-r8), read from the method's own settings (peft.r, not the `rank` shortcut)."""
+        return self.name
+
 
 class Method:
     """How one method changes a model. Subclasses override `apply`, and `save`/`load` if needed."""
@@ -57,6 +63,11 @@ class Method:
         """The settings that took effect on this model (target sets expanded to module names, an
         adapter width from its reduction factor), for the run record."""
         return {}
+
+    def task_loss_only(self, model: nn.Module):
+        """A context in which the model's loss is the task's alone, for scoring: validation losses
+        stay comparable across methods (AdaLoRA adds its regulariser to every loss otherwise)."""
+        return contextlib.nullcontext()
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are zeroed (AdaLoRA re-allocates ranks here)."""

@@ -23,8 +23,12 @@ class LoraConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        require(self.r >= 1, "peft.r", self.r, "it must be an integer >= 1")
         require(0 <= self.dropout < 1, "peft.dropout", self.dropout, "it must be in [0, 1)")
         check_target_setting("peft.target_modules", self.target_modules)
+
+    def label(self) -> str:
+        return f"{self.name}-r{self.r}"
 
 
 @METHODS.register("lora")

@@ -21,6 +21,26 @@ from peftlab.methods.targets import adapted_layers, check_rank
 # Options of peft configs that name modules, and so may name a target set of the architecture.
 MODULE_OPTIONS = ("target_modules", "feedforward_modules")
 
+# peft's task type for each kind of transformers head, by the model class's suffix: it picks the
+# PeftModelFor... wrapper, whose forward runs the tuner's own (AdaLoRA adds its orthogonal
+# regulariser to the loss there; a plain PeftModel skips it), and it is saved in
+# adapter_config.json, so AutoPeftModelFor... reloads the adapter. Not question answering: peft
+# 0.21's PeftModelForQuestionAnswering.forward drops token_type_ids and position_ids, so BERT would
+# read every token as segment A (tests/test_methods.py shows it); QA keeps the plain PeftModel,
+# which passes every input on.
+TASK_TYPES = {
+    "ForSequenceClassification": "SEQ_CLS",
+    "ForTokenClassification": "TOKEN_CLS",
+    "ForCausalLM": "CAUSAL_LM",
+    "ForConditionalGeneration": "SEQ_2_SEQ_LM",
+}
+
+
+def task_type(model) -> Optional[str]:
+    """peft's task type for this model's head, or None (a bare PeftModel) for a head it has none for."""
+    name = type(model).__name__
+    return next((kind for suffix, kind in TASK_TYPES.items() if name.endswith(suffix)), None)
+
 
 class PeftLibraryMethod(Method):
     """Base for methods whose structure peft builds; subclasses return the peft config."""
@@ -54,7 +74,9 @@ class PeftLibraryMethod(Method):
 
         # modules_to_save keeps the task head trainable and stores it with the adapter.
         try:
-            return get_peft_model(model, self.peft_config(arch, arch.profile.head_modules(model), total_steps))
+            config = self.peft_config(arch, arch.profile.head_modules(model), total_steps)
+            config.task_type = task_type(model)
+            return get_peft_model(model, config)
         except (ValueError, TypeError) as err:  # peft's own checks of the config against the model, or option types
             raise ConfigError(f"peft cannot apply {self.cfg.name} to this model: {first_line(err)}") from None
 
@@ -71,6 +93,10 @@ class PeftLibraryMethod(Method):
 class PeftConfig(MethodConfig):
     peft_config: str = MISSING  # name of a config class in peft, e.g. IA3Config
     options: dict[str, Any] = field(default_factory=dict)  # its keyword arguments
+
+    def label(self) -> str:
+        rank = self.options.get("r")
+        return f"{self.name}-r{rank}" if isinstance(rank, int) and not isinstance(rank, bool) else self.name
 
 
 @METHODS.register("peft")

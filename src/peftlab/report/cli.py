@@ -33,10 +33,11 @@ def parser() -> argparse.ArgumentParser:
                    "(runs of several tasks: per task, plus suite.md/.tex/.csv, the methods x tasks table)")
     p.add_argument("--baseline", help="the method significance is tested against (default: full, when there are full runs)")
     p.add_argument("--p", type=float, default=0.05, dest="alpha", help="significance threshold (default: 0.05)")
-    grid = p.add_argument_group("a pipeline grid (RUNS_DIR/<method>-s<seed>); missing cells are named")
+    grid = p.add_argument_group("a pipeline grid (RUNS_DIR/[<task>/]<method>-s<seed>); missing cells are named")
     grid.add_argument("--runs-dir", type=Path)
     grid.add_argument("--methods", nargs="+", default=[])
     grid.add_argument("--seeds", nargs="+", type=int, default=[])
+    grid.add_argument("--tasks", nargs="+", default=[], help="the grid's tasks: a folder per task under RUNS_DIR")
     return p
 
 
@@ -56,11 +57,11 @@ def run(argv: list[str]) -> list[Path]:
     if not 0 < args.alpha < 1:
         raise ConfigError(f"--p {args.alpha} is out of range; it must be in (0, 1)")
     grid_given = [bool(args.runs_dir), bool(args.methods), bool(args.seeds)]
-    if any(grid_given) and not all(grid_given):
-        raise ConfigError("--runs-dir, --methods and --seeds go together: name the folder, the methods and the seeds of the grid")
+    if any(grid_given) and not all(grid_given) or args.tasks and not args.runs_dir:
+        raise ConfigError("--runs-dir, --methods and --seeds go together (and --tasks with them): name the folder, the methods and the seeds of the grid")
     folders = [(path, None, None) for path in args.runs]
     if args.runs_dir:
-        folders += grid_folders(args.runs_dir, args.methods, args.seeds)
+        folders += grid_folders(args.runs_dir, args.methods, args.seeds, args.tasks)
     if not folders:
         raise ConfigError("no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds")
     if args.split not in SPLITS:
@@ -68,7 +69,7 @@ def run(argv: list[str]) -> list[Path]:
     if args.evals is not None and not args.evals.is_dir():
         raise ConfigError(f"--evals {args.evals}: no such folder (it holds <run folder name>/eval_<split>.json)")
 
-    collected = collect(folders, args.split, args.evals)
+    collected = collect(folders, args.split, args.evals, args.runs_dir)
     if not collected.runs:
         raise DataError("no finished runs to report; missing: " + "; ".join(m.describe() for m in collected.missing))
     for missing in collected.missing:
@@ -95,13 +96,15 @@ def run(argv: list[str]) -> list[Path]:
         written += write_report(table, prov, out_dir)
         tables[table.task] = table
     if group_by == ["task"] and len(tables) > 1:
-        written += write_suite(build_suite(tables), args.out)
+        written += write_suite(build_suite(tables), tables, prov, args.out)
     return written
 
 
-def write_suite(suite, out_dir: Path) -> list[Path]:
+def write_suite(suite, tables: dict[str, Table], prov: Provenance, out_dir: Path) -> list[Path]:
+    """suite.md/.tex/.csv, and a summary.json of every task's summary (the one file `dvc metrics show` reads)."""
     make_output_folder(out_dir, "--out")
-    texts = {"suite.md": render_suite.markdown(suite), "suite.tex": render_suite.latex(suite), "suite.csv": render_suite.csv_text(suite)}
+    texts = {"suite.md": render_suite.markdown(suite), "suite.tex": render_suite.latex(suite), "suite.csv": render_suite.csv_text(suite),
+             "summary.json": render.suite_summary_json(tables, prov)}
     for name, text in texts.items():
         atomic_write(out_dir / name, text)
     return [out_dir / name for name in texts]

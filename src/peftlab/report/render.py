@@ -213,6 +213,11 @@ def summary_json(table: Table, prov: Provenance) -> str:
     return json.dumps(summary(table, prov), indent=2) + "\n"
 
 
+def suite_summary_json(tables: dict[str, Table], prov: Provenance) -> str:
+    """The summaries of a suite's tables, by task."""
+    return json.dumps({"tasks": {task: summary(t, prov) for task, t in sorted(tables.items())}}, indent=2) + "\n"
+
+
 # -- helpers --------------------------------------------------------------------------------------
 def metric_title(name: str) -> str:
     return METRIC_TITLES.get(name, name.replace("_", " ").capitalize())

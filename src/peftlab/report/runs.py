@@ -13,8 +13,9 @@ from typing import Any, Optional
 
 from peftlab.errors import ConfigError, DataError
 from peftlab.evaluate import eval_file_name
-from peftlab.outputs import METRICS_FILE, read_metrics
-from peftlab.tasks.base import LOSS, MetricInfo
+from peftlab.outputs import METRICS_FILE
+from peftlab.record import RunRecord
+from peftlab.tasks.base import MetricInfo
 
 GROUP_KEYS = ("model", "task")
 
@@ -22,24 +23,19 @@ GROUP_KEYS = ("model", "task")
 @dataclass
 class Run:
     path: Path
-    metrics: dict[str, Any]  # metrics.json as training wrote it
+    record: RunRecord  # metrics.json as training wrote it
     scores: dict[str, float]  # on the report's split
     n_eval: int
     scores_from: str  # the file the scores come from
     split_md5: Optional[str] = None  # known when an evaluation file recorded it
 
     def info(self, name: str) -> MetricInfo:
-        """How a metric reads, as the run recorded it; records from before `metric_info` held only
-        higher-is-better percentages (accuracy, F1) besides the loss."""
-        recorded = self.metrics.get("metric_info", {}).get(name)
-        if recorded is not None:
-            return MetricInfo(name, **recorded)
-        return LOSS if name == "loss" else MetricInfo(name)
+        return self.record.info(name)
 
-    model = property(lambda self: self.metrics["model"])
-    task = property(lambda self: self.metrics["task"])
-    method = property(lambda self: self.metrics["method"])
-    seed = property(lambda self: self.metrics["seed"])
+    model = property(lambda self: self.record.model.name)
+    task = property(lambda self: self.record.task)
+    method = property(lambda self: self.record.method.name)
+    seed = property(lambda self: self.record.seed)
 
 
 @dataclass
@@ -62,13 +58,16 @@ class Collected:
     missing: list[Missing] = field(default_factory=list)
 
 
-def grid_folders(runs_dir: Path, methods: list[str], seeds: list[int]) -> list[tuple[Path, str, int]]:
-    """The folders a pipeline grid writes: RUNS_DIR/<method>-s<seed>."""
-    return [(runs_dir / f"{m}-s{s}", m, s) for m in methods for s in seeds]
+def grid_folders(runs_dir: Path, methods: list[str], seeds: list[int], tasks: list[str] = ()) -> list[tuple[Path, str, int]]:
+    """The folders a pipeline grid writes: RUNS_DIR/<method>-s<seed>, or RUNS_DIR/<task>/<method>-s<seed>."""
+    roots = [runs_dir / t for t in tasks] if tasks else [runs_dir]
+    return [(root / f"{m}-s{s}", m, s) for root in roots for m in methods for s in seeds]
 
 
-def collect(folders: list[tuple[Path, Optional[str], Optional[int]]], split: str, evals_dir: Optional[Path]) -> Collected:
-    """Read every folder; an unfinished or absent one is recorded as missing, never dropped silently."""
+def collect(folders: list[tuple[Path, Optional[str], Optional[int]]], split: str, evals_dir: Optional[Path],
+            runs_dir: Optional[Path] = None) -> Collected:
+    """Read every folder; an unfinished or absent one is recorded as missing, never dropped silently.
+    A run's evaluation file is EVALS/<its path under RUNS_DIR>/ (a grid's), or EVALS/<its folder name>/."""
     out = Collected()
     for path, method, seed in folders:
         if not path.is_dir():
@@ -77,25 +76,27 @@ def collect(folders: list[tuple[Path, Optional[str], Optional[int]]], split: str
         if not (path / METRICS_FILE).is_file():
             out.missing.append(Missing(path, f"no {METRICS_FILE}: the run did not finish", method, seed))
             continue
-        out.runs.append(read_run(path, split, evals_dir))
+        name = path.relative_to(runs_dir) if runs_dir is not None and path.is_relative_to(runs_dir) else Path(path.name)
+        out.runs.append(read_run(path, split, evals_dir / name if evals_dir else None))
     return out
 
 
-def read_run(path: Path, split: str, evals_dir: Optional[Path]) -> Run:
-    metrics = read_metrics(path)
-    if metrics.get("status") != "finished":
-        raise DataError(f"{path / METRICS_FILE}: status is {metrics.get('status')!r}, not 'finished'")
-    eval_file = (evals_dir / path.name if evals_dir else path) / eval_file_name(split)
+def read_run(path: Path, split: str, eval_dir: Optional[Path] = None) -> Run:
+    """A run's record and its scores on `split`: from eval_<split>.json in `eval_dir` (default: the
+    run folder) when there is one, else from training's own validation."""
+    record = RunRecord.read(path)
+    if record.status != "finished":
+        raise DataError(f"{path / METRICS_FILE}: status is {record.status!r}, not 'finished'")
+    eval_file = (eval_dir or path) / eval_file_name(split)
     if eval_file.is_file():
-        record = _read_json(eval_file)
-        return Run(path, metrics, record["scores"], record["n"], str(eval_file), (record.get("data") or {}).get("md5"))
-    if metrics["eval"]["split"] != split:
+        scored = _read_json(eval_file)
+        return Run(path, record, scored["scores"], scored["n"], str(eval_file), (scored.get("data") or {}).get("md5"))
+    if record.eval.split != split:
         raise DataError(
             f"{path} has no scores on the {split} split (no {eval_file}); "
             f"run: python -m peftlab.evaluate {path} split={split}"
         )
-    scores = {k: v for k, v in metrics["eval"].items() if k not in ("split", "n")}
-    return Run(path, metrics, scores, metrics["eval"]["n"], str(path / METRICS_FILE))
+    return Run(path, record, dict(record.eval.values), record.eval.n, str(path / METRICS_FILE))
 
 
 def group_runs(runs: list[Run], group_by: list[str]) -> dict[tuple[str, ...], list[Run]]:

@@ -13,7 +13,6 @@ from peftlab.report.runs import Missing, Run
 from peftlab.report.stats import WelchResult, mean, std, welch_t_test
 from peftlab.tasks.base import MetricInfo
 
-SETTINGS = ("rank", "alpha", "lr")  # what may differ between runs of one method (a sweep's runs)
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ def build_table(runs: list[Run], missing: list[Missing], split: str, baseline: s
     if not runs:
         raise DataError("no finished runs to report" + (f"; missing: {missing[0].describe()}" if missing else ""))
     first = runs[0]
-    main = first.metrics["main_metric"]
+    main = first.record.main_metric
     names = [main] + sorted(k for k in first.scores if k not in (main, "loss"))
     rows = [_row(label, members, names) for label, members in _rows_by_label(runs).items()]
     # The order of a paper table: most trainable parameters first (full fine-tuning), then by name.
@@ -105,15 +104,19 @@ def build_table(runs: list[Run], missing: list[Missing], split: str, baseline: s
 
 
 def _rows_by_label(runs: list[Run]) -> dict[str, list[Run]]:
-    by_method: dict[str, list[Run]] = {}
+    """A row per method label (lora-r8, full), split further by any effective setting (or lr)
+    its runs differ in: "lora-r8 (alpha=32)". Runs that differ only in seed share a row."""
+    by_label: dict[str, list[Run]] = {}
     for run in runs:
-        by_method.setdefault(run.method, []).append(run)
+        by_label.setdefault(run.record.method.label, []).append(run)
     rows: dict[str, list[Run]] = {}
-    for method, members in by_method.items():
-        varying = [k for k in SETTINGS if len({r.metrics[k] for r in members}) > 1]
-        for run in members:
-            label = method + (" (" + ", ".join(f"{k}={run.metrics[k]:g}" for k in varying) + ")" if varying else "")
-            rows.setdefault(label, []).append(run)
+    for label, members in by_label.items():
+        settings = [{**r.record.method.settings, "lr": r.record.lr} for r in members]
+        keys = dict.fromkeys(k for s in settings for k in s)
+        varying = [k for k in keys if len({repr(s.get(k)) for s in settings}) > 1]
+        for run, these in zip(members, settings):
+            shown = ", ".join(f"{k}={_setting(these.get(k))}" for k in varying)
+            rows.setdefault(f"{label} ({shown})" if shown else label, []).append(run)
     for label, members in rows.items():
         seen: dict[int, Run] = {}
         for run in members:
@@ -134,11 +137,19 @@ def _row(label: str, runs: list[Run], metric_names: list[str]) -> Row:
         method=runs[0].method,
         runs=runs,
         scores={name: stat(lambda r, name=name: r.scores[name]) for name in metric_names},
-        trainable=stat(lambda r: r.metrics["params"]["trainable"]),
-        trainable_percent=stat(lambda r: r.metrics["params"]["trainable_percent"]),
-        total=stat(lambda r: r.metrics["params"]["total"]),
-        peak_mb=stat(lambda r: r.metrics["memory"]["peak_mb"]),
-        time_s=stat(lambda r: r.metrics["train"]["time_s"]),
-        samples_per_s=stat(lambda r: r.metrics["train"]["samples_per_s"]),
-        weights_bytes=stat(lambda r: r.metrics["weights"]["bytes"]),
+        trainable=stat(lambda r: r.record.params.trainable),
+        trainable_percent=stat(lambda r: r.record.params.trainable_percent),
+        total=stat(lambda r: r.record.params.total),
+        peak_mb=stat(lambda r: r.record.memory.peak_mb),
+        time_s=stat(lambda r: r.record.train.time_s),
+        samples_per_s=stat(lambda r: r.record.train.samples_per_s),
+        weights_bytes=stat(lambda r: r.record.weights.bytes),
     )
+
+
+def _setting(value) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return str(value)

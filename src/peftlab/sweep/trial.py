@@ -83,10 +83,10 @@ def _train(trial: optuna.trial.Trial, conf_dir: Path, overrides: list[str], run_
     from peftlab.sweep.pruning import ValidationPruning
 
     run = train(cfg, raw, run_dir, callbacks=[ValidationPruning(trial, monitor=metric)])
-    key = metric.split("/", 1)[1]
-    if key not in run.metrics["eval"]:
-        raise KeyError(f"{metric} is not among the run's metrics ({', '.join(run.metrics['eval'])})")
-    return float(run.metrics["eval"][key])
+    key, scores = metric.split("/", 1)[1], run.record.eval.values
+    if key not in scores:
+        raise KeyError(f"{metric} is not among the run's metrics ({', '.join(scores)})")
+    return float(scores[key])
 
 
 def _close_wandb_run(failed: bool) -> None:

@@ -1,0 +1,251 @@
+"""The run record: what a finished run's metrics.json holds, as one dataclass.
+
+The recipe builds a `RunRecord` and writes it (last, atomically: its presence marks a finished
+run); the report, `peftlab.evaluate`, sweeps and `train.py`'s closing line read it back with
+`RunRecord.read`, which checks every field's type and names the first one that is wrong. It records
+what ran, not what was asked: the method's effective settings (peft's `r`, the target modules a
+target set expanded to, an adapter's width) and the model's real identity (`model_type`, source).
+
+Format 1 (the records before this class, with `model`/`method` as plain names and the `rank` /
+`alpha` shortcuts) still loads: `from_json` upgrades it. A newer format than this code knows, or
+a damaged file, is one DataError line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from peftlab.errors import DataError
+from peftlab.outputs import METRICS_FILE, atomic_write
+from peftlab.tasks.base import MetricInfo
+
+FORMAT = 2
+NUMBER = (int, float)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str  # its label in run folders and tables: the preset's name, or the weights' own name
+    model_type: str  # transformers' config.model_type (bert, roberta, ...): the architecture that ran
+    source: str  # hub id or folder the weights came from, or "random <ConfigClass>" for a tiny test model
+
+
+@dataclass(frozen=True)
+class MethodRecord:
+    name: str  # the method (lora, adapter-houlsby, full, ...)
+    label: str  # with its size, as run folders and table rows show it (lora-r8, adapter-houlsby-b8, full)
+    settings: dict[str, Any]  # what took effect on this model (methods/*.settings)
+
+
+@dataclass(frozen=True)
+class Scores:
+    split: str
+    n: int  # examples scored
+    values: dict[str, float]  # metric name -> value, the task's metrics and the loss
+
+
+@dataclass(frozen=True)
+class Params:
+    trainable: int
+    total: int
+    trainable_percent: float
+
+
+@dataclass(frozen=True)
+class TrainStats:
+    time_s: float
+    samples_per_s: float
+    steps: Optional[int] = None
+    planned_steps: Optional[int] = None
+    samples: Optional[int] = None
+    devices: Optional[int] = None
+    precision: Optional[str] = None  # what Lightning ran (16-mixed runs as bf16-mixed on a CPU)
+
+
+@dataclass(frozen=True)
+class Memory:
+    peak_mb: float
+    kind: Optional[str] = None  # cuda_max_allocated, cpu_peak_rss or cpu_max_rss
+
+
+@dataclass(frozen=True)
+class Weights:
+    bytes: int
+    dir: str = "weights"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    task: str
+    model: ModelIdentity
+    method: MethodRecord
+    seed: int
+    lr: float
+    main_metric: str
+    metric_info: dict[str, MetricInfo]  # direction and printing of each metric in `eval`
+    eval: Scores
+    params: Params
+    train: TrainStats
+    memory: Memory
+    weights: Weights
+    versions: dict[str, str] = field(default_factory=dict)
+    status: str = "finished"
+    format: int = FORMAT
+
+    @property
+    def main_score(self) -> float:
+        return self.eval.values[self.main_metric]
+
+    def info(self, name: str) -> MetricInfo:
+        """How a metric reads; records that predate `metric_info` held only higher-is-better
+        percentages (accuracy, F1) besides the loss."""
+        from peftlab.tasks.base import LOSS
+
+        return self.metric_info.get(name) or (LOSS if name == "loss" else MetricInfo(name))
+
+    def summary_line(self, run_dir: Path) -> str:
+        """The line a finished run ends with: its main result, its size, its time and where it is."""
+        p = self.params
+        return (
+            f"finished {self.method.label} on {self.task} ({self.model.name}, seed {self.seed}): "
+            f"{self.eval.split} {self.main_metric} {self.main_score:.4f} (n={self.eval.n}) | trainable {p.trainable:,} of "
+            f"{p.total:,} ({p.trainable_percent:.3f}%) | trained in {self.train.time_s:.1f} s | {run_dir}"
+        )
+
+    # -- to and from metrics.json ---------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["eval"] = {"split": self.eval.split, "n": self.eval.n, **self.eval.values}
+        data["metric_info"] = {m.name: {"higher_is_better": m.higher_is_better, "percent": m.percent} for m in self.metric_info.values()}
+        order = ("format", "status", "task", "model", "method", "seed", "lr", "main_metric", "metric_info", "eval")
+        return {key: data[key] for key in (*order, *(k for k in data if k not in order))}
+
+    def write(self, run_dir: Path) -> None:
+        atomic_write(run_dir / METRICS_FILE, json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> RunRecord:
+        """A run folder's record, or one DataError line saying why it is not one."""
+        path = run_dir / METRICS_FILE
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path} is not a run record: not valid JSON ({err.msg} at line {err.lineno})") from None
+        try:
+            return cls.from_json(data)
+        except _Invalid as err:
+            raise DataError(f"{path} is not a run record: {err} (rerun the training to rewrite it)") from None
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunRecord:
+        if not isinstance(data, dict):
+            raise _Invalid("it is not a JSON object")
+        version = data.get("format", 1)
+        if version == 1:
+            data = _upgrade_format_1(data)
+        elif version != FORMAT:
+            raise _Invalid(f"its format is {version!r}; this peftlab reads formats 1 and {FORMAT} (a newer peftlab wrote it?)")
+        get = _Fields(data)
+        values = {k: v for k, v in get.mapping("eval").items() if k not in ("split", "n")}
+        main = get.text("main_metric")
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, NUMBER):
+                raise _Invalid(f"eval.{name} is {value!r}, not a number")
+        if main not in values:
+            raise _Invalid(f"eval.{main} (its main metric) is missing")
+        model, method = get.inner("model"), get.inner("method")
+        train, memory, weights, params = get.inner("train"), get.inner("memory"), get.inner("weights"), get.inner("params")
+        return cls(
+            task=get.text("task"),
+            model=ModelIdentity(model.text("name"), model.text("model_type"), model.text("source")),
+            method=MethodRecord(method.text("name"), method.text("label"), method.mapping("settings")),
+            seed=get.integer("seed"),
+            lr=get.number("lr"),
+            main_metric=main,
+            metric_info={name: MetricInfo(name, **_metric_info(get, name, info)) for name, info in get.mapping("metric_info", {}).items()},
+            eval=Scores(get.inner("eval").text("split"), get.inner("eval").integer("n"), values),
+            params=Params(params.integer("trainable"), params.integer("total"), params.number("trainable_percent")),
+            train=TrainStats(
+                train.number("time_s"), train.number("samples_per_s"), train.integer("steps", None),
+                train.integer("planned_steps", None), train.integer("samples", None), train.integer("devices", None),
+                train.text("precision", None),
+            ),
+            memory=Memory(memory.number("peak_mb"), memory.text("kind", None)),
+            weights=Weights(weights.integer("bytes"), weights.text("dir", "weights")),
+            versions=get.mapping("versions", {}),
+            status=get.text("status"),
+            format=FORMAT,
+        )
+
+
+def method_label(name: str, settings: dict[str, Any]) -> str:
+    """A method's label from its settings: the name, and the rank or width when it has one."""
+    for key, short in (("r", "r"), ("target_r", "r"), ("bottleneck_dim", "b")):
+        if isinstance(settings.get(key), int):
+            return f"{name}-{short}{settings[key]}"
+    return name
+
+
+def _upgrade_format_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 record in format 2: `model` and `method` were names; its `peft` held the
+    effective settings (records before that held only the `rank`/`alpha` shortcuts)."""
+    data = dict(data)
+    for key in ("model", "method"):
+        if not isinstance(data.get(key), str):
+            raise _Invalid(f"{key} is {data.get(key)!r}, not a str" if key in data else f"it has no {key}")
+    settings = data.get("peft") if isinstance(data.get("peft"), dict) else {k: data[k] for k in ("rank", "alpha") if k in data}
+    data["model"] = {"name": data["model"], "model_type": str(data.get("architecture", "unknown")), "source": "unknown"}
+    data["method"] = {"name": data["method"], "label": method_label(data["method"], settings), "settings": settings}
+    data.setdefault("lr", float("nan"))
+    return data
+
+
+def _metric_info(get: _Fields, name: str, info: Any) -> dict[str, bool]:
+    if not isinstance(info, dict) or not all(isinstance(info.get(k), bool) for k in ("higher_is_better", "percent")):
+        raise _Invalid(f"metric_info.{name} is {info!r}, not {{higher_is_better: bool, percent: bool}}")
+    return {"higher_is_better": info["higher_is_better"], "percent": info["percent"]}
+
+
+class _Invalid(Exception):
+    """Why a JSON object is not a run record (becomes one DataError line naming the file)."""
+
+
+_REQUIRED = object()
+
+
+class _Fields:
+    """Typed access to one JSON object, naming the full key of the first field that is wrong."""
+
+    def __init__(self, data: dict[str, Any], where: str = "") -> None:
+        self.data, self.where = data, where
+
+    def _get(self, key: str, types: tuple, kind: str, default: Any) -> Any:
+        full = f"{self.where}{key}"
+        if key not in self.data or self.data[key] is None:
+            if default is _REQUIRED:
+                raise _Invalid(f"it has no {full}")
+            return default
+        value = self.data[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            raise _Invalid(f"{full} is {value!r}, not {kind}")
+        return value
+
+    def text(self, key: str, default: Any = _REQUIRED) -> str:
+        return self._get(key, (str,), "a str", default)
+
+    def integer(self, key: str, default: Any = _REQUIRED) -> int:
+        return self._get(key, (int,), "an int", default)
+
+    def number(self, key: str, default: Any = _REQUIRED) -> float:
+        value = self._get(key, NUMBER, "a number", default)
+        return float(value) if value is not None else value
+
+    def mapping(self, key: str, default: Any = _REQUIRED) -> dict[str, Any]:
+        return self._get(key, (dict,), "a mapping", default)
+
+    def inner(self, key: str) -> _Fields:
+        return _Fields(self.mapping(key), f"{self.where}{key}.")
