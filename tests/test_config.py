@@ -100,3 +100,13 @@ def test_cfg_job_prints_the_composed_config():
 def test_validate_raises_config_error_in_process():
     with pytest.raises(ConfigError, match="peft.dropout=1.5 is out of range"):
         validate(compose("peft.dropout=1.5"))
+
+
+def test_budget_cpu_picks_each_tasks_own_budget():
+    squad = compose("task=squad", "budget=cpu")
+    assert (squad.trainer.max_steps, squad.task.max_length, squad.task.max_eval_samples) == (150, 192, 1000)
+    assert (compose("task=cola", "budget=cpu").trainer.max_steps, compose("task=cola", "budget=cpu").trainer.max_epochs) == (800, 3)
+    plain = compose("task=squad")
+    assert (plain.trainer.max_steps, plain.task.max_length) == (500, 384)  # budget=none: the trainer's own
+    # The command line still wins over the budget.
+    assert compose("task=squad", "budget=cpu", "trainer.max_steps=7").trainer.max_steps == 7

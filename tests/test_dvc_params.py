@@ -22,12 +22,20 @@ def test_committed_params_yaml_is_the_composition_of_conf_pipeline(tmp_path, mon
 def test_overrides_compose_like_dvc_exp_run_set_param(tmp_path):
     compose(ROOT, ["peft=adalora", "rank=4"], tmp_path / "params.yaml")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
-    assert params["grid"] == {"seeds": [1, 2, 3], "methods": ["adalora"]}
+    assert params["grid"] == {"tasks": ["sst2"], "seeds": [1, 2, 3], "methods": ["adalora"]}
     assert params["rank"] == 4 and params["model"] == "minilm" and params["preset"]["name"] == "quick"
 
     compose(ROOT, ["preset=paper"], tmp_path / "params.yaml")
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert params["grid"]["seeds"] == [1, 2, 3, 4, 5] and params["preset"]["trainer"] == "gpu"
+
+    # The suite: 8 tasks, each at its CPU budget; DVC's matrix makes a stage per task x method x seed.
+    compose(ROOT, ["preset=suite"], tmp_path / "params.yaml")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["grid"]["tasks"] == ["sst2", "cola", "stsb", "mrpc", "rte", "conll2003", "squad", "semeval2010"]
+    assert params["preset"]["budget"] == "cpu" and len(params["grid"]["methods"]) == 5
+    for task in params["grid"]["tasks"]:
+        assert (ROOT / "conf" / "task_budget" / f"cpu_{task}.yaml").is_file()
     assert params["grid"]["methods"] == ["full", "lora", "adalora", "adapter", "linear_probe"]
 
 

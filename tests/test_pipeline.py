@@ -20,10 +20,11 @@ import pytest
 import yaml
 from conftest import ROOT
 
-# Two methods (one is edited later), one seed: every train or evaluate stage is a process that spends
-# ~10 s importing torch, transformers and Lightning on this machine.
-METHODS, SEEDS = ["full", "lora"], [1]
-CELLS = [f"{m}-{s}" for m in METHODS for s in SEEDS]
+# Two tasks (the task axis), two methods (one is edited later), one seed: every train or evaluate
+# stage is a process that spends ~10 s importing torch, transformers and Lightning on this machine.
+TASKS, METHODS, SEEDS = ["sst2", "cola"], ["full", "lora"], [1]
+CELLS = [f"{t}-{m}-{s}" for t in TASKS for m in METHODS for s in SEEDS]
+LABELS = {"full": "full", "lora": "lora-r8"}  # the report's row labels: method and size
 # Outputs of earlier runs in this checkout are not part of the project.
 NOT_COPIED = ("dvc.lock", "results/", "pipeline/", "params.yaml", "runs/", "dvc_plots/")
 
@@ -72,7 +73,7 @@ def repo(tmp_path_factory, sst2_available):
     grid.write_text(grid.read_text().replace("- preset: quick", "- preset: smoke"))
     (repo / "conf" / "pipeline" / "peft" / "all.yaml").write_text("# @package _global_\ngrid:\n  methods: [full, lora]\n")
     smoke = repo / "conf" / "pipeline" / "preset" / "smoke.yaml"
-    smoke.write_text(smoke.read_text().replace("seeds: [1, 2]", "seeds: [1]"))
+    smoke.write_text(smoke.read_text().replace("seeds: [1, 2]", "seeds: [1]\n  tasks: [sst2, cola]"))
     sh(repo, sys.executable, "-m", "peftlab.dvc_params")
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     sh(repo, *git, "init", "-q")
@@ -90,36 +91,41 @@ def test_first_repro_trains_evaluates_and_reports(repo):
     )
     check_code_dependencies(repo, done.stdout)
 
-    for method in METHODS:
-        for seed in SEEDS:
-            run_dir = repo / "pipeline" / "runs" / f"{method}-s{seed}"
-            # Every file of the folder is a declared output (a new one would go untracked: declare it in dvc.yaml).
-            assert sorted(p.name for p in run_dir.iterdir()) == [".gitignore", "config.yaml", "logs", "metrics.json", "weights"]
-            metrics = json.loads((run_dir / "metrics.json").read_text())
-            assert (metrics["method"], metrics["seed"], metrics["model"]) == (method, seed, "tiny-bert")
-            evaluation = json.loads((repo / "pipeline" / "evals" / f"{method}-s{seed}" / "eval_validation.json").read_text())
-            # Scored from the reloaded weights in another process: equal to what training recorded.
-            assert evaluation["matches_training"] is True
-            assert evaluation["scores"] == {k: metrics["eval"][k] for k in ("accuracy", "f1", "loss")}
-            assert evaluation["n"] == 32 and evaluation["data"]["file"] == "data/glue/SST-2/dev.tsv"
+    dev_files = {"sst2": "data/glue/SST-2/dev.tsv", "cola": "data/glue/CoLA/dev.tsv"}
+    for task in TASKS:
+        for method in METHODS:
+            for seed in SEEDS:
+                run_dir = repo / "pipeline" / "runs" / task / f"{method}-s{seed}"
+                # Every file of the folder is a declared output (a new one would go untracked: declare it in dvc.yaml).
+                assert sorted(p.name for p in run_dir.iterdir()) == [".gitignore", "config.yaml", "logs", "metrics.json", "weights"]
+                metrics = json.loads((run_dir / "metrics.json").read_text())
+                assert (metrics["task"], metrics["method"]["name"], metrics["seed"], metrics["model"]["name"]) == (task, method, seed, "tiny-bert")
+                evaluation = json.loads((repo / "pipeline" / "evals" / task / f"{method}-s{seed}" / "eval_validation.json").read_text())
+                # Scored from the reloaded weights in another process: equal to what training recorded.
+                assert evaluation["matches_training"] is True
+                assert evaluation["scores"] == {k: metrics["eval"][k] for k in evaluation["scores"]}
+                assert evaluation["n"] == 32 and evaluation["data"]["file"] == dev_files[task]
 
-    summary = json.loads((repo / "results" / "summary.json").read_text())
-    assert list(summary["methods"]) == METHODS and summary["seeds"] == SEEDS and summary["missing_runs"] == []
-    for method in METHODS:
-        accuracies = [
-            json.loads((repo / "pipeline" / "evals" / f"{method}-s{s}" / "eval_validation.json").read_text())["scores"]["accuracy"]
-            for s in SEEDS
-        ]
-        assert summary["methods"][method]["accuracy_per_seed"] == accuracies
-    assert summary["data_dvc_md5"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
-    for name in ("table.md", "table.tex", "table.csv", "pareto.png", "memory.png"):
-        assert (repo / "results" / name).stat().st_size > 0
+    summaries = json.loads((repo / "results" / "summary.json").read_text())["tasks"]
+    assert sorted(summaries) == sorted(TASKS)
+    for task, main in (("sst2", "accuracy"), ("cola", "mcc")):
+        summary = summaries[task]
+        assert list(summary["methods"]) == [LABELS[m] for m in METHODS] and summary["seeds"] == SEEDS
+        assert summary["main_metric"] == main and summary["missing_runs"] == []
+        for method in METHODS:
+            scores = [
+                json.loads((repo / "pipeline" / "evals" / task / f"{method}-s{s}" / "eval_validation.json").read_text())["scores"][main]
+                for s in SEEDS
+            ]
+            assert summary["methods"][LABELS[method]][f"{main}_per_seed"] == scores
+        assert summary["data_dvc_md5"] == yaml.safe_load((repo / "data.dvc").read_text())["outs"][0]["md5"].removesuffix(".dir")
+        for name in ("table.md", "table.tex", "table.csv", "pareto.png", "memory.png"):
+            assert (repo / "results" / task / name).stat().st_size > 0
+    suite = (repo / "results" / "suite.md").read_text()
+    assert all(label in suite for label in LABELS.values()) and "sst2" in suite and "cola" in suite
 
     shown = dvc(repo, "metrics", "show", "--json")
     assert "results/summary.json" in shown.stdout and "n_eval" in shown.stdout
-    dvc(repo, "plots", "show", "--out", "dvc_plots")
-    html = (repo / "dvc_plots" / "index.html").read_text()
-    assert "pareto.png" in html and "memory.png" in html
 
 
 def check_code_dependencies(repo: Path, output: str) -> None:
@@ -182,8 +188,8 @@ def test_editing_one_method_reruns_only_its_stages_and_the_report(repo):
     lora = repo / "conf" / "peft" / "lora.yaml"
     set_yaml_line(lora, "dropout", "0.2")
     done = dvc(repo, "repro")
-    assert sorted(stages_run(done.stdout)) == ["evaluate@lora-1", "report", "train@lora-1"]
-    config = yaml.safe_load((repo / "pipeline" / "runs" / "lora-s1" / "config.yaml").read_text())
+    assert sorted(stages_run(done.stdout)) == ["evaluate@cola-lora-1", "evaluate@sst2-lora-1", "report", "train@cola-lora-1", "train@sst2-lora-1"]
+    config = yaml.safe_load((repo / "pipeline" / "runs" / "sst2" / "lora-s1" / "config.yaml").read_text())
     assert config["peft"]["dropout"] == 0.2
 
 
@@ -191,13 +197,14 @@ def test_failed_run_leaves_no_metrics_and_the_report_names_it(repo):
     lora = repo / "conf" / "peft" / "lora.yaml"
     set_yaml_line(lora, "lr", "-1")  # train.py refuses it: the stage fails after DVC removed the old outputs
     done = dvc(repo, "repro", check=False)
-    assert done.returncode != 0 and stages_run(done.stdout) == ["train@lora-1"]
+    assert done.returncode != 0 and stages_run(done.stdout)[-1].endswith("-lora-1")
     assert re.search(r"^error: (peft\.)?lr=-1(\.0)? is out of range", done.stderr, flags=re.M)
-    assert not (repo / "pipeline" / "runs" / "lora-s1" / "metrics.json").exists()
+    failed = stages_run(done.stdout)[-1].split("@")[1].split("-")[0]  # the task whose lora stage DVC ran first
+    assert not (repo / "pipeline" / "runs" / failed / "lora-s1" / "metrics.json").exists()
 
-    report = sh(repo, sys.executable, "-m", "peftlab.report", "--runs-dir", "pipeline/runs", "--methods", *METHODS,
+    report = sh(repo, sys.executable, "-m", "peftlab.report", "--runs-dir", "pipeline/runs", "--tasks", failed, "--methods", *METHODS,
                 "--seeds", *map(str, SEEDS), "--evals", "pipeline/evals", "--out", "partial")
-    missing = "lora seed 1: pipeline/runs/lora-s1 (no metrics.json: the run did not finish)"
+    missing = f"lora seed 1: pipeline/runs/{failed}/lora-s1 (no metrics.json: the run did not finish)"
     assert f"warning: missing run: {missing}" in report.stderr
     summary = json.loads((repo / "partial" / "summary.json").read_text())
     assert list(summary["methods"]) == ["full"] and summary["missing_runs"] == [missing]

@@ -79,6 +79,7 @@ def preflight(conf_dir: Path, argv: list[str], config_name: str) -> None:
     multirun = bool({"-m", "--multirun"} & set(argv))
     jobs = sweep_jobs(user) if multirun else [user]
     for job in jobs:
+        check_budget(conf_dir, job, config_name)
         validate(compose_config(conf_dir, job, config_name))
     if not hydra:
         return
@@ -102,6 +103,19 @@ def preflight(conf_dir: Path, argv: list[str], config_name: str) -> None:
         folders[folder] = number
     for folder in folders:  # all of them checked before any is taken
         check_run_folder(folder, key)
+
+
+def check_budget(conf_dir: Path, job: list[str], config_name: str) -> None:
+    """`budget=cpu` with a task it has no budget for would train at the trainer's own budget, silently."""
+    if not any(a.startswith("budget=") and a != "budget=none" for a in job):
+        return
+    choices = compose_config(conf_dir, job, config_name, with_hydra=True).hydra.runtime.choices
+    if not (conf_dir / "task_budget" / f"{choices.task_budget}.yaml").is_file():
+        budgets = sorted(p.stem.split("_", 1)[1] for p in (conf_dir / "task_budget").glob(f"{choices.budget}_*.yaml"))
+        raise ConfigError(
+            f"budget={choices.budget} has no budget for task={choices.task} (no conf/task_budget/{choices.budget}_{choices.task}.yaml); "
+            f"allowed: a task of {', '.join(budgets)}, or budget=none and the trainer's own steps"
+        )
 
 
 def _job_folder(cfg: DictConfig, multirun: bool) -> Path | None:
