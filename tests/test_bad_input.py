@@ -60,6 +60,7 @@ CONFIG_ROWS = [
     ("peft.rr=4", "peft.rr: unknown config key"),
     ("peft.dropout=1.5", "peft.dropout=1.5 is out of range; it must be in [0, 1)"),
     ("peft.r=0", "peft.r=0 is out of range; it must be an integer >= 1"),
+    ("peft=adalora peft.target_modules=query", "peft.target_modules=query is not a target set; allowed: attention, all_linear"),
     ("peft.target_modules=[]", "peft.target_modules=[] is out of range; name a target set (attention, all_linear"),
     ("peft.target_modules=query", "peft.target_modules=query is not a target set; allowed: attention, all_linear, ffn, ffn_in, ia3, or a list of module names"),
     ("logger.tags=oops", "logger.tags: a list is expected here, e.g. logger.tags=[a,b]"),

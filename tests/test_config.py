@@ -104,7 +104,7 @@ def test_validate_raises_config_error_in_process():
 
 def test_budget_cpu_picks_each_tasks_own_budget():
     squad = compose("task=squad", "budget=cpu")
-    assert (squad.trainer.max_steps, squad.task.max_length, squad.task.max_eval_samples) == (150, 192, 1000)
+    assert (squad.trainer.max_steps, squad.trainer.batch_size, squad.task.max_length, squad.task.max_eval_samples) == (120, 16, 128, 500)
     assert (compose("task=cola", "budget=cpu").trainer.max_steps, compose("task=cola", "budget=cpu").trainer.max_epochs) == (800, 3)
     plain = compose("task=squad")
     assert (plain.trainer.max_steps, plain.task.max_length) == (500, 384)  # budget=none: the trainer's own
