@@ -49,10 +49,10 @@ class AdaLoraConfig(MethodConfig):
             require(value is None or value >= 0, f"peft.{key}", value, "it must be >= 0 steps, or null for the default")
         require(self.orth_reg_weight >= 0, "peft.orth_reg_weight", self.orth_reg_weight, "it must be >= 0")
         require(0 <= self.dropout < 1, "peft.dropout", self.dropout, "it must be in [0, 1)")
+        check_target_setting("peft.target_modules", self.target_modules)
 
     def label(self) -> str:
         return f"{self.name}-r{self.target_r}"  # the rank it ends at
-        check_target_setting("peft.target_modules", self.target_modules)
 
 
 @METHODS.register("adalora")
