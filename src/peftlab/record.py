@@ -166,7 +166,7 @@ class RunRecord:
             seed=get.integer("seed"),
             lr=get.number("lr"),
             main_metric=main,
-            metric_info={name: MetricInfo(name, **_metric_info(get, name, info)) for name, info in get.mapping("metric_info", {}).items()},
+            metric_info={name: MetricInfo(name, **_metric_info(name, info)) for name, info in get.mapping("metric_info", {}).items()},
             eval=Scores(get.inner("eval").text("split"), get.inner("eval").integer("n"), values),
             params=Params(params.integer("trainable"), params.integer("total"), params.number("trainable_percent")),
             train=TrainStats(
@@ -204,7 +204,7 @@ def _upgrade_format_1(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _metric_info(get: _Fields, name: str, info: Any) -> dict[str, bool]:
+def _metric_info(name: str, info: Any) -> dict[str, bool]:
     if not isinstance(info, dict) or not all(isinstance(info.get(k), bool) for k in ("higher_is_better", "percent")):
         raise _Invalid(f"metric_info.{name} is {info!r}, not {{higher_is_better: bool, percent: bool}}")
     return {"higher_is_better": info["higher_is_better"], "percent": info["percent"]}
@@ -230,7 +230,7 @@ class _Fields:
                 raise _Invalid(f"it has no {full}")
             return default
         value = self.data[key]
-        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             raise _Invalid(f"{full} is {value!r}, not {kind}")
         return value
 
