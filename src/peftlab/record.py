@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 from peftlab.errors import DataError
 from peftlab.outputs import METRICS_FILE, atomic_write
-from peftlab.tasks.base import MetricInfo
+from peftlab.tasks.base import LOSS, MetricInfo
 
 FORMAT = 2
 NUMBER = (int, float)
@@ -102,8 +102,6 @@ class RunRecord:
     def info(self, name: str) -> MetricInfo:
         """How a metric reads; records that predate `metric_info` held only higher-is-better
         percentages (accuracy, F1) besides the loss."""
-        from peftlab.tasks.base import LOSS
-
         return self.metric_info.get(name) or (LOSS if name == "loss" else MetricInfo(name))
 
     def summary_line(self, run_dir: Path) -> str:
