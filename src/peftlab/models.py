@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from peftlab import gguf_cache
+from peftlab.architectures import family_of
 from peftlab.config import ModelConfig
 from peftlab.errors import ConfigError, ModelError, first_line
 from peftlab.tasks import Task
@@ -11,32 +13,59 @@ def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
     key = "model.name_or_path" if cfg.tokenizer == cfg.name_or_path else "model.tokenizer"
-    tokenizer = _from_pretrained(AutoTokenizer, key, cfg.tokenizer)
+    source = gguf_cache.tokenizer_folder(cfg.tokenizer) if gguf_cache.is_gguf(cfg.tokenizer) else cfg.tokenizer
+    tokenizer = _from_pretrained(AutoTokenizer, key, source)
     if tokenizer.pad_token is None:  # GPT-2 and LLaMA tokenizers have none; batches need one
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return tokenizer
+
+
+def load_config(cfg: ModelConfig, task: Task):
+    """The model's transformers config, before any weights: its family picks the head class."""
+    import transformers
+
+    if cfg.random_init is not None:
+        kwargs = dict(cfg.random_init)
+        config_class = getattr(transformers, kwargs.pop("config_class"), None)
+        if config_class is None:
+            raise ModelError(f"model.random_init.config_class={cfg.random_init['config_class']!r} is not in transformers")
+        try:  # the config class's own checks (heads vs width, field types, ...)
+            return config_class(**kwargs, **task.model_kwargs())
+        except Exception as err:  # noqa: BLE001 -- any refusal of these settings is the user's to fix
+            raise ModelError(f"model.random_init: {config_class.__name__} refuses these settings: {first_line(err)}") from None
+    return _from_pretrained(transformers.AutoConfig, "model.name_or_path", weights_folder(cfg), **task.model_kwargs())
+
+
+def tell_task_the_model(cfg: ModelConfig, task: Task) -> None:
+    """`task.for_model` from the model's config alone, so the task can encode (and refuse a model
+    it cannot train) before any weights load."""
+    config = load_config(cfg, task)
+    task.for_model(family_of(config, cfg.targets), config.model_type)
+
+
+def weights_folder(cfg: ModelConfig) -> str:
+    """What from_pretrained reads: the hub id or folder, or the cached conversion of a GGUF file."""
+    return gguf_cache.model_folder(cfg.name_or_path) if gguf_cache.is_gguf(cfg.name_or_path) else cfg.name_or_path
 
 
 def load_model(cfg: ModelConfig, task: Task):
     import torch
     import transformers
 
-    auto_class = getattr(transformers, task.auto_model_class)
+    config = load_config(cfg, task)
+    family = family_of(config, cfg.targets)
+    task.for_model(family, config.model_type)
+    auto_class = getattr(transformers, task.auto_model_class_for(family))
     if cfg.random_init is not None:
-        kwargs = dict(cfg.random_init)
-        config_class = getattr(transformers, kwargs.pop("config_class"), None)
-        if config_class is None:
-            raise ModelError(f"model.random_init.config_class={cfg.random_init['config_class']!r} is not in transformers")
         # Fixed weights, whatever the run's seed: a random model stands in for a pretrained one,
         # so a saved adapter must reload onto the very same base.
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            try:  # the config class's own checks (heads vs width, field types, ...)
-                config = config_class(**kwargs, **task.model_kwargs())
+            try:  # the model's own checks of its config (heads vs width, ...)
                 return auto_class.from_config(config)
             except Exception as err:  # noqa: BLE001 -- any refusal of these settings is the user's to fix
-                raise ModelError(f"model.random_init: {config_class.__name__} refuses these settings: {first_line(err)}") from None
-    return _from_pretrained(auto_class, "model.name_or_path", cfg.name_or_path, **task.model_kwargs())
+                raise ModelError(f"model.random_init: {type(config).__name__} refuses these settings: {first_line(err)}") from None
+    return _from_pretrained(auto_class, "model.name_or_path", weights_folder(cfg), config=config)
 
 
 def model_source(cfg: ModelConfig) -> str:
@@ -64,7 +93,7 @@ def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
         ) from None
 
 
-def check_model_fits(model, tokenizer, max_length: int, position_offset: int) -> None:
+def check_model_fits(model, tokenizer, task: Task, position_offset: int) -> None:
     """Token ids or lengths the model has no embeddings for fail deep in its forward pass."""
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
@@ -72,10 +101,12 @@ def check_model_fits(model, tokenizer, max_length: int, position_offset: int) ->
             f"the model has embeddings for {vocab} tokens, but its tokenizer has {len(tokenizer)}; "
             "allowed: a tokenizer of the model's own vocabulary (model.tokenizer), or a larger vocab_size"
         )
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if isinstance(positions, int) and max_length > positions - position_offset:
+    positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
+    needed, max_length = task.positions_needed(), task.cfg.max_length
+    if isinstance(positions, int) and needed > positions - position_offset:
+        what = f"task.max_length={max_length}" if needed == max_length else f"task.max_length + task.max_new_tokens={needed}"
         raise ConfigError(
-            f"task.max_length={max_length} is out of range for this {model.config.model_type} model; "
+            f"{what} is out of range for this {model.config.model_type} model; "
             f"allowed: 8 to {positions - position_offset}, its number of positions"
         )
 

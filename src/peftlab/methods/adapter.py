@@ -82,7 +82,7 @@ class Adapter(Method):
         except LookupError as err:
             raise ConfigError(
                 f"peft.attention_output / peft.ffn_output: {err} in {model_label(model)}; allowed: names its "
-                f"Linear layers end in: {', '.join(layer_suffixes(model, linear_only=True))}"
+                f"projections end in: {', '.join(layer_suffixes(model, linear_only=True))}"
             ) from None
         freeze_all_but(model, [f"{name}.adapter" for name in adapted] + arch.profile.head_modules(model))
         return model

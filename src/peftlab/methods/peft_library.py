@@ -76,6 +76,8 @@ class PeftLibraryMethod(Method):
         try:
             config = self.peft_config(arch, arch.profile.head_modules(model), total_steps)
             config.task_type = task_type(model)
+            if arch.profile.fan_in_fan_out and hasattr(config, "fan_in_fan_out"):
+                config.fan_in_fan_out = True  # GPT-2's Conv1D stores (in, out); peft would warn and guess
             return get_peft_model(model, config)
         except (ValueError, TypeError) as err:  # peft's own checks of the config against the model, or option types
             raise ConfigError(f"peft cannot apply {self.cfg.name} to this model: {first_line(err)}") from None

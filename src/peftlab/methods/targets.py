@@ -49,12 +49,12 @@ def adapted_layers(model, targets: list[str], key: str) -> dict[str, tuple[int, 
 
 def layer_suffixes(model, linear_only: bool = False) -> list[str]:
     """Short names of the model's adaptable layers (query, value, dense...), for error messages;
-    `linear_only` for bottleneck adapters, which sit on nn.Linear projections only."""
+    `linear_only` for bottleneck adapters, which follow projections (nn.Linear, Conv1D), not embeddings."""
     from torch import nn
 
     return sorted({
         name.rpartition(".")[2] for name, module in model.named_modules()
-        if name and (isinstance(module, nn.Linear) if linear_only else layer_dims(module))
+        if name and layer_dims(module) and not (linear_only and isinstance(module, nn.Embedding))
     })  # fmt: skip
 
 

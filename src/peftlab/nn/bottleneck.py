@@ -43,8 +43,18 @@ class BottleneckAdapter(nn.Module):
         return x + self.up(self.act(self.down(x)))
 
 
-def _apply_adapter(module: nn.Linear, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+def _apply_adapter(module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
     return module.adapter(output)
+
+
+def output_width(module: nn.Module) -> int | None:
+    """Output features of a projection an adapter can follow: nn.Linear, or transformers' Conv1D
+    (GPT-2's layers, whose weight is stored as (in, out))."""
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    if type(module).__name__ == "Conv1D" and hasattr(module, "nf"):
+        return int(module.nf)
+    return None
 
 
 def _matches(name: str, suffix: str) -> bool:
@@ -67,7 +77,7 @@ def insert_bottleneck_adapters(
     bottleneck_dim: int,
     activation: str = "gelu",
 ) -> list[str]:
-    """Attach an adapter to the output of every matching nn.Linear; returns the names of the adapted modules (sorted, in model order).
+    """Attach an adapter to the output of every matching nn.Linear (or Conv1D); returns the names of the adapted modules (sorted, in model order).
 
     ``attention_output`` / ``ffn_output`` are module-name suffixes of the projections that end the
     attention and feed-forward sub-layers (BERT: ``"attention.output.dense"`` / ``"output.dense"``).
@@ -76,7 +86,7 @@ def insert_bottleneck_adapters(
     if any(isinstance(m, BottleneckAdapter) for m in model.modules()):
         raise ValueError("model already has bottleneck adapters")
 
-    linears = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {name: m for name, m in model.named_modules() if output_width(m) is not None}
     attention = {n for n in linears if attention_output and _matches(n, attention_output)}
     ffn = {n for n in linears if _matches(n, ffn_output)}
     # The BERT FFN suffix "output.dense" also matches "layer.0.attention.output.dense", and with
@@ -87,13 +97,13 @@ def insert_bottleneck_adapters(
     # would silently train as Pfeiffer.
     for role, suffix, found in (("attention_output", attention_output, attention), ("ffn_output", ffn_output, ffn)):
         if suffix and not found:
-            raise LookupError(f"no nn.Linear matched {role}={suffix!r}")
+            raise LookupError(f"no nn.Linear or Conv1D matched {role}={suffix!r}")
     # named_modules() order is model order, which is what callers expect back.
     targets = [(name, linear) for name, linear in linears.items() if name in attention | ffn]
 
     # Collect first, then mutate: adding children while iterating named_modules() is unsafe.
     for _, linear in targets:
-        adapter = BottleneckAdapter(linear.out_features, bottleneck_dim, activation)
+        adapter = BottleneckAdapter(output_width(linear), bottleneck_dim, activation)
         linear.adapter = adapter.to(device=linear.weight.device, dtype=linear.weight.dtype)
         linear.register_forward_hook(_apply_adapter)
     return [name for name, _ in targets]
