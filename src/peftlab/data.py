@@ -71,7 +71,8 @@ class TaskDataModule(L.LightningDataModule):
             if split not in self.splits:
                 examples = self.task.examples(split)
                 self.counts[split] = len(examples)
-                self.splits[split] = self.task.encode(examples, self.tokenizer)
+                encode = self.task.encode_train if split == "train" else self.task.encode
+                self.splits[split] = encode(examples, self.tokenizer)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -3,7 +3,8 @@
     python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]
     peftlab-evaluate RUN_FOLDER split=train
 
-Writes DIR/eval_<split>.json (DIR defaults to the run folder). Nothing of the training process is
+Writes DIR/eval_<split>.json (DIR defaults to the run folder), and a generation task's answers to
+DIR/predictions_<split>.jsonl (regenerated: greedy decoding gives training's own answers again). Nothing of the training process is
 reused: the model is rebuilt by `peftlab.reload.load_run`. The batches are the length-sorted
 evaluation batches training used, at the run's own `trainer.eval_batch_size`, so on the split
 training scored the numbers are bit-identical to its metrics.json; the file records both, and
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.outputs import atomic_write, make_output_folder
+from peftlab.outputs import atomic_write, make_output_folder, predictions_file_name, write_predictions
 from peftlab.record import RunRecord
 from peftlab.tasks.base import SPLITS
 
@@ -45,8 +46,9 @@ def parse_args(argv: list[str]) -> tuple[Path, dict[str, Any]]:
     return Path(argv[0]), options
 
 
-def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
-    """Scores of the run's saved weights on `split`, with what training recorded for comparison."""
+def evaluate_run(run_dir: Path, split: str, predictions_dir: Optional[Path] = None) -> dict[str, Any]:
+    """Scores of the run's saved weights on `split`, with what training recorded for comparison; a
+    generation task's answers go to predictions_dir/predictions_<split>.jsonl when it is given."""
     from peftlab.reload import load_run, load_run_config
 
     cfg = load_run_config(run_dir)  # a folder that is not a finished run fails before torch loads
@@ -72,6 +74,9 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
         for batch in loader:
             scorer.update(model, precision.convert_input(batch))
     scores = scorer.compute()
+    predictions = scorer.predictions()
+    if predictions is not None and predictions_dir is not None:
+        write_predictions(predictions_dir, split, predictions)
 
     recorded = RunRecord.read(run_dir)
     trained = recorded.eval.values
@@ -89,6 +94,7 @@ def evaluate_run(run_dir: Path, split: str) -> dict[str, Any]:
         "data": split_fingerprint(task.split_file(split)),
         "training_scores": training_scores,
         "matches_training": None if training_scores is None else training_scores == scores,
+        "predictions": predictions_file_name(split) if predictions is not None and predictions_dir is not None else None,
     }
 
 
@@ -109,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         run_dir, options = parse_args(sys.argv[1:] if argv is None else argv)
         out_dir = make_output_folder(Path(options["out"]), "out") if options["out"] else run_dir
-        result = evaluate_run(run_dir, options["split"])
+        result = evaluate_run(run_dir, options["split"], out_dir)
     except PeftlabError as err:
         fail(err)
     atomic_write(out_dir / eval_file_name(options["split"]), json.dumps(result, indent=2) + "\n")

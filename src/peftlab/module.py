@@ -21,8 +21,10 @@ class PeftModule(L.LightningModule):
         self.lr, self.trainer_cfg, self.total_steps = lr, trainer_cfg, total_steps
         self.no_decay = no_decay  # parameter-name suffixes without weight decay (the architecture's)
         self.scorer = Scorer(task, method)  # the evaluation path `peftlab.evaluate` runs too
-        self.train_samples = 0  # this rank's count
+        self.train_samples = 0  # this rank's count of examples
+        self.train_tokens = 0  # and of their real (not padding) tokens
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (global step, metrics)
+        self.last_predictions: list[dict] | None = None  # what a generation task's last evaluation wrote
 
     def training_step(self, batch, batch_idx):
         # The model computes the loss itself, so method-specific terms (AdaLoRA's orthogonal
@@ -30,7 +32,8 @@ class PeftModule(L.LightningModule):
         loss = self.model(**self.task.model_inputs(batch)).loss
         if not torch.isfinite(loss):
             raise TrainingError(diverged(loss.item(), self.global_step + 1, self.total_steps, self.lr, self.trainer_cfg))
-        self.train_samples += len(batch["input_ids"])
+        self.train_samples += self.task.batch_examples(batch)
+        self.train_tokens += self.task.batch_tokens(batch)  # a tensor: no host sync per step
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
@@ -40,6 +43,7 @@ class PeftModule(L.LightningModule):
     def on_validation_epoch_end(self):
         # compute() gathers the metric states of every rank: each example counted once.
         values = self.scorer.compute()
+        self.last_predictions = self.scorer.predictions()
         self.scorer.reset()
         self.last_eval = (self.global_step, values)
         self.log_dict({f"val/{k}": v for k, v in values.items()}, prog_bar=True, rank_zero_only=True)

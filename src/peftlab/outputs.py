@@ -93,6 +93,8 @@ def start_run_folder(run_dir: Path, raw: DictConfig) -> None:
     """Clear the weights a crashed run in this folder left, then write the fully resolved config
     (the model's folder, the method's lr...), enough to rebuild the run."""
     shutil.rmtree(run_dir / WEIGHTS_DIR, ignore_errors=True)
+    for stale in run_dir.glob(predictions_file_name("*")):
+        stale.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / CONFIG_FILE, OmegaConf.to_yaml(raw, resolve=True))
 
@@ -109,6 +111,20 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def predictions_file_name(split: str) -> str:
+    return f"predictions_{split}.jsonl"
+
+
+def write_predictions(folder: Path, split: str, rows: list[dict]) -> Path:
+    """A generation task's answers on a split, one JSON object per line (prompt, reference, prediction)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / predictions_file_name(split)
+    atomic_write(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return path
 
 
 def folder_bytes(folder: Path) -> int:

@@ -29,9 +29,9 @@ from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
 from peftlab.architectures import architecture_of
-from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source
+from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source, tell_task_the_model
 from peftlab.module import PeftModule
-from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder
+from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
 from peftlab.record import Memory, MethodRecord, ModelIdentity, Params, RunRecord, Scores, TrainStats, Weights
 from peftlab.progress import PlannedStepsProgressBar
 from peftlab.quiet import quiet_libraries
@@ -67,23 +67,24 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
     with claim_run_folder(run_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
         # Data first: a missing file or a bad label fails before the model loads.
         task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
+        method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
         with status(cfg, f"Reading and tokenizing {cfg.task.name}"):
             tokenizer = load_tokenizer(cfg.model)
+            tell_task_the_model(cfg.model, task)  # a generation task encodes for a decoder or an encoder-decoder
             data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
             data.setup("fit")
         n_train = len(data.splits["train"])
         check_val_check_interval(cfg.trainer, n_train, trainer.world_size)
-        total_steps = planned_steps(cfg.trainer, n_train, trainer.world_size)
+        total_steps = planned_steps(cfg.trainer, n_train, trainer.world_size) if method.trains else 0
         # An epoch shorter than the logging interval would log no training loss (and Lightning warns).
         trainer.log_every_n_steps = min(LOG_EVERY_N_STEPS, batches_per_epoch(n_train, cfg.trainer.batch_size, trainer.world_size))
 
-        method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
         with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
             model = load_model(cfg.model, task)
             arch = architecture_of(model, cfg.model.targets)  # what is adapted, what is the head
             if model.config.pad_token_id is None:  # a decoder's score head finds the last real token by it
                 model.config.pad_token_id = tokenizer.pad_token_id
-            check_model_fits(model, tokenizer, cfg.task.max_length, arch.profile.position_offset)  # its vocabulary and positions,
+            check_model_fits(model, tokenizer, task, arch.profile.position_offset)  # its vocabulary and positions,
             method.check(model, arch)  # and its layers' sizes and names
             model = method.apply(model, arch, total_steps=total_steps)
             settings = method.settings(model, arch)  # what took effect, for the record
@@ -96,9 +97,11 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         with finish_loggers(trainer) as summary:
             _reset_peak_memory()
             start = time.perf_counter()
-            trainer.fit(module, datamodule=data)
+            if method.trains:  # zero-shot: the model is scored as loaded
+                trainer.fit(module, datamodule=data)
             train_time = time.perf_counter() - start
             samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
+            tokens = int(trainer.strategy.reduce(torch.as_tensor(module.train_tokens, dtype=torch.float64), reduce_op="sum"))
 
             # Score the final weights, unless the last validation already did.
             if module.last_eval is None or module.last_eval[0] != trainer.global_step:
@@ -107,6 +110,8 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                 return TrainedRun(None, module.model)
 
             method.save(module.model, run_dir / WEIGHTS_DIR)
+            if module.last_predictions is not None:  # a generation task's answers, for a reader
+                write_predictions(run_dir, "validation", module.last_predictions)
             record = RunRecord(
                 task=cfg.task.name,
                 model=ModelIdentity(cfg.model.name, arch.model_type, model_source(cfg.model)),
@@ -119,12 +124,14 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                 params=Params(**params),
                 train=TrainStats(
                     time_s=round(train_time, 3),
-                    samples_per_s=round(samples / train_time, 2),
+                    samples_per_s=round(samples / train_time, 2) if samples else 0.0,
                     steps=trainer.global_step,
                     planned_steps=total_steps,
                     samples=samples,
                     devices=trainer.world_size,
                     precision=str(trainer.precision),  # what ran: Lightning runs 16-mixed as bf16-mixed on CPU
+                    tokens=tokens,
+                    tokens_per_s=round(tokens / train_time, 1) if tokens else 0.0,
                 ),
                 memory=Memory(**_peak_memory(trainer)),
                 weights=Weights(folder_bytes(run_dir / WEIGHTS_DIR), WEIGHTS_DIR),

@@ -63,6 +63,8 @@ class TrainStats:
     samples: Optional[int] = None
     devices: Optional[int] = None
     precision: Optional[str] = None  # what Lightning ran (16-mixed runs as bf16-mixed on a CPU)
+    tokens: Optional[int] = None  # real (not padding) tokens trained on
+    tokens_per_s: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,7 @@ class RunRecord:
             train=TrainStats(
                 train.number("time_s"), train.number("samples_per_s"), train.integer("steps", None),
                 train.integer("planned_steps", None), train.integer("samples", None), train.integer("devices", None),
-                train.text("precision", None),
+                train.text("precision", None), train.integer("tokens", None), train.number("tokens_per_s", None),
             ),
             memory=Memory(memory.number("peak_mb"), memory.text("kind", None)),
             weights=Weights(weights.integer("bytes"), weights.text("dir", "weights")),

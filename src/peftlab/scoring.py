@@ -8,6 +8,8 @@ the loss is the task's alone (`Method.task_loss_only`), so it compares across me
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -29,13 +31,17 @@ class Scorer(nn.Module):
         with self.method.task_loss_only(model):
             outputs = model(**self.task.model_inputs(batch))
         self.loss.update(outputs.loss, weight=self.task.loss_weight(batch))
-        self.metrics.update(*self.task.metric_inputs(outputs, batch))
+        self.metrics.update(*self.task.metric_inputs(outputs, batch, model))
 
     def compute(self) -> dict[str, float]:
         """Every metric and the loss, over all the batches (of every rank) since the last reset."""
         values = {name: float(value) for name, value in self.metrics.compute().items()}
         values["loss"] = float(self.loss.compute())
         return values
+
+    def predictions(self) -> Optional[list[dict[str, Any]]]:
+        """The task's predictions on the batches since the last reset (generation tasks), or None."""
+        return self.task.predictions(self.metrics)
 
     def reset(self) -> None:
         self.metrics.reset()

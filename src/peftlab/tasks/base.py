@@ -92,9 +92,41 @@ class Task:
         example ids and offsets) leave it out here."""
         return batch
 
-    def metric_inputs(self, outputs, batch) -> tuple:
-        """The arguments of `metrics().update` for one batch, from the model's outputs and the batch."""
+    def metric_inputs(self, outputs, batch, model) -> tuple:
+        """The arguments of `metrics().update` for one batch, from the model's outputs and the batch
+        (and the model itself, for tasks that generate text from it)."""
         raise NotImplementedError
+
+    def predictions(self, metrics: MetricCollection) -> Optional[list[dict[str, Any]]]:
+        """What the model answered on the split just scored, one dict per example, for the run
+        folder's predictions_<split>.jsonl (None: the task writes none)."""
+        return None
+
+    def for_model(self, family: str, model_type: str) -> None:
+        """Told, before encoding, the family (encoder, decoder, encoder-decoder) of the model that
+        will train; raises ConfigError for one the task cannot train."""
+
+    def auto_model_class_for(self, family: str) -> str:
+        """The transformers head class this task trains on a model of this family."""
+        return self.auto_model_class
+
+    def positions_needed(self) -> int:
+        """The most positions a sequence of this task takes in the model."""
+        return self.cfg.max_length
+
+    def encode_train(self, examples: list[dict[str, Any]], tokenizer) -> list[dict[str, Any]]:
+        """The training split's encoding: `encode`, unless the task lays training rows out
+        differently (generation's packing)."""
+        return self.encode(examples, tokenizer)
+
+    def batch_examples(self, batch) -> int:
+        """The examples in a training batch (a packed row holds several)."""
+        return len(batch["input_ids"])
+
+    def batch_tokens(self, batch):
+        """The real (not padding) tokens of a training batch, as a tensor: summed without a host sync."""
+        mask = batch.get("attention_mask")
+        return mask.sum() if mask is not None else batch["input_ids"].new_tensor(batch["input_ids"].numel())
 
     def loss_weight(self, batch) -> int:
         """What a batch's mean loss is averaged over: its sequences (token tasks: their labelled tokens)."""

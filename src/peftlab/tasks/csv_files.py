@@ -45,7 +45,7 @@ class CsvFiles(UserFiles, TextClassificationTask):
 
     def read(self, split):
         path = require_file(self.split_file(split), self.file_description(split))
-        records = _read_records(path)
+        records = read_records(path)
         wanted = [*self.cfg.text_columns, self.cfg.label_column]
         for number, record in enumerate(records, start=1):
             if not isinstance(record, dict):
@@ -71,7 +71,8 @@ class CsvFiles(UserFiles, TextClassificationTask):
         ]
 
 
-def _read_records(path: Path) -> list[dict]:
+def read_records(path: Path) -> list[dict]:
+    """The records of a CSV, TSV, JSON Lines or JSON-array file; one DataError line for a malformed one."""
     try:
         return _parse_records(path)
     except UnicodeDecodeError as err:

@@ -113,7 +113,7 @@ class ExtractiveQaTask(Task):
     def model_inputs(self, batch):
         return {key: value for key, value in batch.items() if key not in SCORING_KEYS}
 
-    def metric_inputs(self, outputs, batch):
+    def metric_inputs(self, outputs, batch, model):
         return outputs.start_logits, outputs.end_logits, batch["offsets"], batch["example_id"]
 
     def metrics(self):

@@ -44,7 +44,7 @@ class TextClassificationTask(Task):
 
         return DataCollatorWithPadding(tokenizer)
 
-    def metric_inputs(self, outputs, batch):
+    def metric_inputs(self, outputs, batch, model):
         return outputs.logits.argmax(dim=-1), batch["labels"]
 
     def metrics(self):

@@ -42,7 +42,7 @@ class TextRegressionTask(Task):
 
         return DataCollatorWithPadding(tokenizer)
 
-    def metric_inputs(self, outputs, batch):
+    def metric_inputs(self, outputs, batch, model):
         return outputs.logits.squeeze(-1).float(), batch["labels"].float()
 
     def metrics(self):

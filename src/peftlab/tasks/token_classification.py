@@ -79,7 +79,7 @@ class TokenClassificationTask(Task):
         # The model's loss is a mean over labelled tokens, so weighting by them makes a split's loss per token.
         return int((batch["labels"] != IGNORE).sum())
 
-    def metric_inputs(self, outputs, batch):
+    def metric_inputs(self, outputs, batch, model):
         return outputs.logits.argmax(dim=-1), batch["labels"]
 
     def metrics(self):
