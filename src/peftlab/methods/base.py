@@ -46,6 +46,7 @@ class Method:
     """How one method changes a model. Subclasses override `apply`, and `save`/`load` if needed."""
 
     config_class: type[MethodConfig] = MethodConfig
+    trains = True  # False: nothing is trained, the model is scored as loaded (zero-shot)
 
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
