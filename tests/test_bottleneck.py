@@ -163,7 +163,7 @@ def test_bad_activation_raises_and_leaves_model_untouched():
 
 
 def test_no_match_raises():
-    with pytest.raises(LookupError, match="no nn.Linear matched.*'mlp.fc2'"):
+    with pytest.raises(LookupError, match="no nn.Linear or Conv1D matched.*'mlp.fc2'"):
         insert_bottleneck_adapters(
             tiny_bert(), attention_output=None, ffn_output="mlp.fc2", bottleneck_dim=4
         )

@@ -19,6 +19,7 @@ NEEDS = {  # options whose YAML leaves a required value to the user
     "task=csv": ["task.train_file=train.csv", "task.validation_file=dev.csv"],
     "task=conll_files": ["task.train_file=train.conll", "task.validation_file=dev.conll"],
     "task=squad_files": ["task.train_file=train.json", "task.validation_file=dev.json"],
+    "task=instruction_files": ["task.train_file=train.jsonl", "task.validation_file=dev.jsonl"],
 }
 
 
@@ -32,7 +33,7 @@ def test_every_combination_composes_and_validates(model, peft, task):
     overrides = [f"model={model}", f"peft={peft}", f"task={task}"]
     overrides += NEEDS.get(f"model={model}", []) + NEEDS.get(f"task={task}", [])
     cfg = validate(compose(*overrides))
-    assert cfg.peft.method in ("full", "linear_probe", "lora", "adalora", "adapter", "peft")
+    assert cfg.peft.method in ("full", "linear_probe", "lora", "adalora", "adapter", "peft", "zero_shot")
     assert cfg.task.task == task
     assert cfg.lr == cfg.peft.lr
 

@@ -293,3 +293,25 @@ def test_runs_of_several_tasks_make_a_methods_by_tasks_table(project, tmp_path):
     assert r"sst2 Accuracy (\%) $\uparrow$" in (out / "suite.tex").read_text()
     rows = list(csv.DictReader((out / "suite.csv").read_text().splitlines()))
     assert float(rows[1]["stsb_pearson_mean"]) == pytest.approx(0.85) and float(rows[1]["average"]) == pytest.approx(86.0)
+
+
+def test_generation_tasks_join_the_methods_by_tasks_table(project, tmp_path):
+    """A generation task's main metric reads as its run records say: ROUGE-L in %, perplexity raw
+    and lower-is-better; with a lower-is-better column there is no average to take."""
+    scores = {("dialogsum", "rougeL", True): {"zero_shot": [0.20, 0.20], "lora": [0.30, 0.32]},
+              ("tinyshakespeare", "perplexity", False): {"zero_shot": [40.0, 40.0], "lora": [20.0, 22.0]}}  # fmt: skip
+    folders = []
+    for (task, metric, percent), by_method in scores.items():
+        for method, values in by_method.items():
+            for seed, value in enumerate(values, start=1):
+                folder = write_run(tmp_path / "runs" / f"{task}-{method}-s{seed}", method, seed, value, with_eval=False)
+                record = json.loads((folder / "metrics.json").read_text())
+                record.update(task=task, main_metric=metric,
+                              metric_info={metric: {"higher_is_better": percent, "percent": percent}})  # fmt: skip
+                record["eval"] = {"split": "validation", "n": 100, metric: value, "loss": 0.3}
+                (folder / "metrics.json").write_text(json.dumps(record))
+                folders.append(folder)
+    run([*map(str, folders), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "suite.md").read_text().splitlines()
+    assert md[0] == "| Method | Trainable | dialogsum ROUGE-L (%) ↑ | tinyshakespeare Perplexity ↓ |"
+    assert md[2:4] == ["| lora | 1000 | **31.00 ± 1.41** | **21.00 ± 1.41** |", "| zero_shot | 1000 | 20.00 ± 0.00 | 40.00 ± 0.00 |"]

@@ -18,7 +18,8 @@ from peftlab.report.table import Row, Stat, Table
 from peftlab.tasks.base import MetricInfo
 
 DAGGER = "†"
-METRIC_TITLES = {"accuracy": "Accuracy", "f1": "F1", "mcc": "MCC", "loss": "Loss", "pearson": "Pearson", "spearman": "Spearman"}
+METRIC_TITLES = {"accuracy": "Accuracy", "f1": "F1", "mcc": "MCC", "loss": "Loss", "pearson": "Pearson", "spearman": "Spearman",
+                 "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,243 @@
+"""The generation family: loss masking, packing, batched generation, every task on tiny decoders and
+T5, evaluation regenerating training's answers, the text metrics, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import DATA, assert_one_line_error, compose, run_cli, train_tiny
+
+from peftlab.config import validate
+from peftlab.errors import ConfigError, DataError
+from peftlab.models import load_model, load_tokenizer
+from peftlab.outputs import METRICS_FILE
+from peftlab.tasks import TASKS
+from peftlab.tasks.generation import IGNORE, GenerationCollator, pack
+
+# A tiny generation run: 32 training examples, 8 scored, 4 of them generated for (6 new tokens).
+GEN = ["task.max_train_samples=32", "task.max_eval_samples=8", "task.generate_samples=4", "task.max_new_tokens=6",
+       "trainer.eval_batch_size=4"]  # fmt: skip
+LM = GEN[:2] + GEN[4:]  # language modelling generates nothing
+EOS = 2  # SmolLM2's <|im_end|>, which the tiny models' borrowed tokenizer ends every target with
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def qa_files(tmp_path, records=None):
+    records = records or [{"instruction": "Capital of France?", "input": "", "output": "Paris"},
+                          {"instruction": "Two plus two?", "input": "", "output": "Four, of course"}] * 4  # fmt: skip
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    return [f"task.train_file={train}", f"task.validation_file={train}"]
+
+
+def task_and_tokenizer(model: str, *overrides: str):
+    cfg = validate(compose(f"model={model}", f"data_dir={DATA}", *overrides))
+    task = TASKS.get(cfg.task.task, "task")(cfg.task, seed=0)
+    return cfg, task, load_tokenizer(cfg.model)
+
+
+# -- what the loss sees ------------------------------------------------------------------------
+def test_decoder_labels_cover_the_target_and_its_eos_only(tmp_path):
+    _, task, tok = task_and_tokenizer("tiny-llama", "task=instruction_files", *qa_files(tmp_path),
+                                      "task.prompt='Q: {instruction} A:'", "task.target=' {output}'", "task.prompt_no_input=null")  # fmt: skip
+    task.for_model("decoder", "llama")
+    first, second = task.encode_train(task.examples("train")[:2], tok)
+    prompt = tok("Q: Capital of France? A:")["input_ids"]
+    assert first["input_ids"][: len(prompt)] == prompt
+    assert first["labels"][: len(prompt)] == [IGNORE] * len(prompt)
+    learned = [t for t in first["labels"] if t != IGNORE]
+    assert tok.decode(learned) == " Paris<|im_end|>" and learned[-1] == EOS
+    assert first["input_ids"] == prompt + learned  # the target follows the prompt, in the same sequence
+
+    batch = GenerationCollator(tok.pad_token_id)([first, second])
+    width = len(second["input_ids"])
+    assert len(first["input_ids"]) < width  # so the first is padded: ids with the pad, labels with -100
+    pad = width - len(first["input_ids"])
+    assert batch["input_ids"][0].tolist() == first["input_ids"] + [tok.pad_token_id] * pad
+    assert batch["labels"][0].tolist() == first["labels"] + [IGNORE] * pad
+    assert batch["attention_mask"][0].tolist() == [1] * len(first["input_ids"]) + [0] * pad
+    assert int(task.loss_weight(batch)) == len(learned) + len([t for t in second["labels"] if t != IGNORE])
+
+
+def test_encoder_decoder_gets_the_prompt_as_input_and_the_target_as_labels(tmp_path):
+    _, task, tok = task_and_tokenizer("tiny-t5", "task=instruction_files", *qa_files(tmp_path),
+                                      "task.prompt='Q: {instruction}'", "task.target='{output}'", "task.prompt_no_input=null")  # fmt: skip
+    task.for_model("encoder-decoder", "t5")
+    (example,) = task.encode_train(task.examples("train")[:1], tok)
+    assert example["input_ids"] == tok("Q: Capital of France?")["input_ids"]
+    assert tok.decode(example["labels"]) == "Paris<|im_end|>"
+
+
+def test_packing_restarts_positions_and_masks_each_first_label():
+    examples = [
+        {"input_ids": [11, 12, 13], "labels": [IGNORE, 12, 13]},
+        {"input_ids": [21, 22], "labels": [IGNORE, 22]},
+        {"input_ids": [31, 32, 33, 34], "labels": [31, 32, 33, 34]},  # all target (language modelling)
+    ]
+    rows = pack(examples, max_length=6)
+    assert rows == [
+        {"input_ids": [11, 12, 13, 21, 22], "labels": [IGNORE, 12, 13, IGNORE, 22], "position_ids": [0, 1, 2, 0, 1], "num_examples": 2},
+        {"input_ids": [31, 32, 33, 34], "labels": [IGNORE, 32, 33, 34], "position_ids": [0, 1, 2, 3], "num_examples": 1},
+    ]
+    batch = GenerationCollator(pad_token_id=2)(rows)
+    assert "attention_mask" not in batch  # the position ids delimit the examples
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 2, 3, 0]]  # padding: an example of its own
+    assert batch["labels"].tolist()[1] == [IGNORE, 32, 33, 34, IGNORE]
+    assert int(batch["num_examples"]) == 3 and int(batch["num_tokens"]) == 9
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_packed_rows_keep_attention_inside_each_example(model):
+    cfg, task, _ = task_and_tokenizer(model, "task=multi30k")
+    net = load_model(cfg.model, task).eval()
+    a, b = [5, 6, 7, 8], [9, 10, 11]
+    with torch.no_grad():
+        alone = [net(input_ids=torch.tensor([ids]), use_cache=False).logits[0] for ids in (a, b)]
+        packed = net(input_ids=torch.tensor([a + b]), position_ids=torch.tensor([[0, 1, 2, 3, 0, 1, 2]]), use_cache=False).logits[0]
+    assert torch.allclose(packed[:4], alone[0], atol=1e-5) and torch.allclose(packed[4:], alone[1], atol=1e-5)
+
+
+@pytest.mark.parametrize(("model", "family"), [("tiny-llama", "decoder"), ("tiny-t5", "encoder-decoder")])
+def test_left_padded_batched_generation_equals_one_by_one(model, family):
+    cfg, task, tok = task_and_tokenizer(model, "task=multi30k", "task.max_new_tokens=8")
+    task.for_model(family, cfg.model.random_init["config_class"])
+    task.tokenizer = tok
+    net = load_model(cfg.model, task).double().eval()  # float64: no near-tie flips with the padding's rounding
+    prompts = [[100, 200, 300], [5, 6, 7, 8, 9, 10, 11], [40, 41, 42, 43, 44]]
+    features = [{"input_ids": p, "labels": [1], "prompt_ids": p, "example_id": i} for i, p in enumerate(prompts)]
+    batch = GenerationCollator(tok.pad_token_id)(features)
+    assert batch["prompt_ids"][0].tolist() == [tok.pad_token_id] * 4 + prompts[0]  # left-padded
+    with torch.no_grad():
+        together = task.generate(net, batch["prompt_ids"], batch["prompt_mask"])
+        alone = [task.generate(net, torch.tensor([p]), torch.ones(1, len(p), dtype=torch.long))[0] for p in prompts]
+    assert [t.tolist() for t in together] == [t.tolist() for t in alone]
+    assert all(len(t) >= 1 for t in together)
+
+
+# -- every task, trained ------------------------------------------------------------------------
+TASK_RUNS = {
+    "alpaca": ["task=alpaca", "task.file=alpaca_en_demo.json", "task.validation_size=50"],
+    "dialogsum": ["task=dialogsum", "task.max_eval_samples=4", "task.max_new_tokens=4"],
+    "multi30k": ["task=multi30k"],
+    "tinyshakespeare": ["task=tinyshakespeare"],
+}
+METRICS = {"alpaca": {"rougeL", "perplexity"}, "dialogsum": {"rouge1", "rouge2", "rougeL", "perplexity"},
+           "multi30k": {"bleu", "chrf", "perplexity"}, "tinyshakespeare": {"perplexity"}}  # fmt: skip
+RUNS = [(task, "tiny-llama", "lora") for task in TASK_RUNS] + [
+    ("alpaca", "tiny-qwen2", "full"), ("dialogsum", "tiny-gpt2", "full"), ("multi30k", "tiny-llama", "full"),
+    ("tinyshakespeare", "tiny-gpt2", "full"),
+] + [(task, "tiny-t5", "lora") for task in ("alpaca", "dialogsum", "multi30k")] + [("tinyshakespeare", "tiny-t5", "full")]  # fmt: skip
+
+
+def gen(task: str) -> list[str]:
+    return LM if task == "tinyshakespeare" else GEN
+
+
+@pytest.mark.parametrize(("task", "model", "method"), RUNS)
+def test_each_generation_task_trains_and_writes_its_answers(tmp_path, task, model, method):
+    t5_lm = ["task.packing=false"] if task == "tinyshakespeare" and model == "tiny-t5" else []
+    run = train_tiny(tmp_path, f"model={model}", f"peft={method}", *gen(task), *TASK_RUNS[task], *t5_lm)
+    record = json.loads((tmp_path / METRICS_FILE).read_text())
+    assert record["status"] == "finished" and record["task"] == task
+    assert set(record["eval"]) - {"split", "n"} == METRICS[task] | {"loss"}
+    assert record["metric_info"]["perplexity"] == {"higher_is_better": False, "percent": False}
+    # perplexity is exp of the mean loss per target token, which is what `loss` is
+    assert record["eval"]["perplexity"] == pytest.approx(math.exp(record["eval"]["loss"]), rel=1e-5)
+    assert record["train"]["tokens"] > record["train"]["samples"] >= 32 or task == "tinyshakespeare"
+    predictions = tmp_path / "predictions_validation.jsonl"
+    if task == "tinyshakespeare":
+        assert not predictions.exists()
+    else:
+        rows = [json.loads(line) for line in predictions.read_text().splitlines()]
+        assert len(rows) == 4 and all({"prompt", "reference", "prediction"} <= set(row) for row in rows)
+    assert run.record.main_metric == TASKS.get(task, "task").main_metric
+
+
+def test_dialogsum_scores_every_reference_of_the_test_split(tmp_path):
+    train_tiny(tmp_path, "model=tiny-llama", "peft=lora", *GEN, *TASK_RUNS["dialogsum"])
+    rows = [json.loads(line) for line in (tmp_path / "predictions_validation.jsonl").read_text().splitlines()]
+    assert all(len(row["references"]) == 3 and row["reference"] == row["references"][0] for row in rows)
+
+
+def test_packing_trains_the_same_examples_in_fewer_rows(tmp_path):
+    plain = train_tiny(tmp_path / "plain", "model=tiny-llama", "peft=lora", *GEN, *TASK_RUNS["multi30k"])
+    packed = train_tiny(tmp_path / "packed", "model=tiny-llama", "peft=lora", *GEN, *TASK_RUNS["multi30k"], "task.packing=true")
+    assert packed.record.train.samples == plain.record.train.samples == 32  # examples, not rows
+    assert packed.record.train.tokens == plain.record.train.tokens
+    assert packed.record.train.steps < plain.record.train.steps
+
+
+def test_evaluate_reloads_and_regenerates_the_same_answers(tmp_path):
+    from peftlab.evaluate import evaluate_run
+
+    train_tiny(tmp_path, "model=tiny-llama", "peft=lora", *GEN, *TASK_RUNS["multi30k"])
+    result = evaluate_run(tmp_path, "validation", tmp_path / "again")
+    assert result["matches_training"] is True and result["predictions"] == "predictions_validation.jsonl"
+    assert (tmp_path / "again" / "predictions_validation.jsonl").read_text() == (tmp_path / "predictions_validation.jsonl").read_text()
+    test = evaluate_run(tmp_path, "test", tmp_path / "again")
+    assert test["n"] == 8 and test["matches_training"] is None and set(test["scores"]) == METRICS["multi30k"] | {"loss"}
+    assert len((tmp_path / "again" / "predictions_test.jsonl").read_text().splitlines()) == 4
+
+
+def test_zero_shot_scores_the_model_as_loaded(tmp_path):
+    run = train_tiny(tmp_path, "model=tiny-llama", "peft=zero_shot", *GEN, *TASK_RUNS["multi30k"])
+    assert run.record.train.steps == 0 and run.record.train.planned_steps == 0 and run.record.params.trainable == 0
+    assert run.record.method.label == "zero_shot" and (tmp_path / "predictions_validation.jsonl").is_file()
+
+
+# -- metrics -------------------------------------------------------------------------------
+def test_text_metrics_against_hand_computed_values():
+    from peftlab.metrics.text import GenerationScores, bleu_chrf, rouge
+
+    # ROUGE-1: 2 of 3 predicted unigrams match, both reference ones: P 2/3, R 1, F 0.8; best reference wins.
+    assert rouge(["rouge1", "rougeL"])(["the cat sat"], [["the cat"]]) == pytest.approx({"rouge1": 0.8, "rougeL": 0.8})
+    assert rouge(["rouge1"])(["the cat sat"], [["a dog", "the cat sat"]])["rouge1"] == pytest.approx(1.0)
+    # BLEU: n-gram precisions 6/7, 5/6, 4/5, 3/4, no brevity penalty (the prediction is longer).
+    scores = bleu_chrf(["the cat sat on the mat today"], [["the cat sat on the mat"]])
+    assert scores["bleu"] == pytest.approx((6 / 7 * 5 / 6 * 4 / 5 * 3 / 4) ** 0.25, abs=1e-6)
+    assert bleu_chrf(["ein Hund läuft über die Wiese"], [["ein Hund läuft über die Wiese"]]) == pytest.approx({"bleu": 1.0, "chrf": 1.0})
+
+    metric = GenerationScores([], decode=lambda ids: "", text_scores=lambda p, r: {})
+    metric.update(torch.tensor(2.0), torch.tensor(3), torch.zeros(0, dtype=torch.long), [])
+    metric.update(torch.tensor(1.0), torch.tensor(1), torch.zeros(0, dtype=torch.long), [])
+    assert float(metric.compute()["perplexity"]) == pytest.approx(math.exp((3 * 2.0 + 1 * 1.0) / 4))
+
+
+# -- bad input ---------------------------------------------------------------------------------
+def test_a_template_naming_a_missing_field_names_the_fields_there_are(tmp_path):
+    with pytest.raises(DataError, match=r"task.prompt names field 'question', which train example 1 lacks; its fields: instruction, input, output"):
+        train_tiny(tmp_path, "model=tiny-llama", "task=instruction_files", *qa_files(tmp_path), "task.prompt='{question}'", "task.prompt_no_input=null")
+
+
+def test_an_empty_target_is_refused_unless_dropped(tmp_path):
+    records = [{"instruction": "a", "input": "", "output": "x"}, {"instruction": "b", "input": "", "output": "  "}]
+    files = qa_files(tmp_path, records)
+    with pytest.raises(DataError, match=r"train example 2 has an empty target .*task.drop_empty_targets=true"):
+        train_tiny(tmp_path / "run", "model=tiny-llama", "task=instruction_files", *files)
+
+
+def test_a_prompt_with_no_room_for_the_target_names_how_many_and_the_first(tmp_path):
+    with pytest.raises(DataError, match=r"task alpaca: \d+ of 32 prompts leave no room for the target within task.max_length=16 \(the first, example \d+, is \d+ tokens\)"):
+        train_tiny(tmp_path, "model=tiny-llama", *GEN, *TASK_RUNS["alpaca"], "task.max_length=16")
+
+
+def test_a_gguf_model_without_the_gguf_package_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"model.name_or_path=.*SmolLM2-135M-Instruct.Q4_1.gguf is a GGUF checkpoint.*run pip install gguf"):
+        validate(compose("model=smollm2", "task=alpaca", f"data_dir={DATA}"))
+
+
+def test_bad_generation_input_is_one_line_on_the_command_line(tmp_path):
+    result = run_cli("model=tiny-llama", "task=instruction_files", *qa_files(tmp_path), "task.target='{answer}'",
+                     "logger=csv", f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_one_line_error(result, "task.target names field 'answer', which train example 1 lacks; its fields: instruction, input, output")
+    assert not (tmp_path / "run" / METRICS_FILE).exists()
