@@ -46,7 +46,7 @@ CONFIG_ROWS = [
     ("-m --cfg job", "--multirun and --cfg cannot go together"),
     # budgets
     ("budget=fast", "budget=fast is not an option; allowed: cpu, none"),
-    ("budget=cpu task=csv task.train_file=x.csv", "budget=cpu has no budget for task=csv (no conf/task_budget/cpu_csv.yaml); allowed: a task of cola, conll2003"),
+    ("budget=cpu task=csv task.train_file=x.csv", "budget=cpu has no budget for task=csv (no conf/task_budget/cpu_csv.yaml); allowed: a task of alpaca, cola, conll2003, dialogsum"),
     # model
     ("model=gpt5", "model=gpt5 is not an option; allowed: flan-t5-base, gpt2, hub, llama-3.2-1b, minilm, qwen2.5-0.5b, smollm2"),
     ("model.name_or_path=./no/such/model", "model.name_or_path=./no/such/model: no such model folder"),

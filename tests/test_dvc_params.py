@@ -38,17 +38,26 @@ def test_overrides_compose_like_dvc_exp_run_set_param(tmp_path):
         assert (ROOT / "conf" / "task_budget" / f"cpu_{task}.yaml").is_file()
     assert params["grid"]["methods"] == ["full", "lora", "adalora", "adapter", "linear_probe"]
 
+    # Generation on SmolLM2: the preset picks its own methods (no linear probe), and -S peft=... still wins.
+    compose(ROOT, ["preset=generation"], tmp_path / "params.yaml")
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert params["model"] == "smollm2" and params["grid"]["tasks"] == ["dialogsum", "multi30k", "alpaca"]
+    assert params["grid"]["methods"] == ["zero_shot", "full", "lora", "adalora", "ia3", "adapter"]
+    assert all((ROOT / "conf" / "task_budget" / f"cpu_{task}.yaml").is_file() for task in params["grid"]["tasks"])
+    compose(ROOT, ["preset=generation", "peft=lora"], tmp_path / "params.yaml")
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["grid"]["methods"] == ["lora"]
+
 
 def test_every_method_can_be_the_grid():
     methods = {p.stem for p in (CONF / "peft").glob("*.yaml")}
     choices = {p.stem for p in (CONF / "pipeline" / "peft").glob("*.yaml")}
-    assert choices == methods | {"all"}
+    assert choices == methods | {"all", "generation"}
     for method in methods:
         assert yaml.safe_load((CONF / "pipeline" / "peft" / f"{method}.yaml").read_text()) == {"grid": {"methods": [method]}}
 
 
 def test_bad_overrides_are_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"^peft=lorra is not an option; allowed: adalora, adapter, all, full, ia3, linear_probe, loha, lora, zero_shot$"):
+    with pytest.raises(ConfigError, match=r"^peft=lorra is not an option; allowed: adalora, adapter, all, full, generation, ia3, linear_probe, loha, lora, zero_shot$"):
         compose(ROOT, ["peft=lorra"], tmp_path / "params.yaml")
     done = subprocess.run([sys.executable, "-m", "peftlab.dvc_params", "--force"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2

@@ -74,6 +74,17 @@ def test_encoder_decoder_gets_the_prompt_as_input_and_the_target_as_labels(tmp_p
     assert tok.decode(example["labels"]) == "Paris<|im_end|>"
 
 
+def test_chat_template_makes_the_prompt_the_user_turn(tmp_path):
+    _, task, tok = task_and_tokenizer("tiny-llama", "task=instruction_files", *qa_files(tmp_path), "task.chat_template=true",
+                                      "task.prompt='Q: {instruction}'", "task.prompt_no_input=null")  # fmt: skip
+    task.for_model("decoder", "llama")
+    (example,) = task.encode_train(task.examples("train")[:1], tok)
+    prompt_end = example["labels"].index(next(t for t in example["labels"] if t != IGNORE))
+    text = tok.decode(example["input_ids"][:prompt_end])
+    assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>user\nQ: Capital of France?<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(example["input_ids"][prompt_end:]) == "Paris<|im_end|>"  # the answer ends the assistant's turn
+
+
 def test_packing_restarts_positions_and_masks_each_first_label():
     examples = [
         {"input_ids": [11, 12, 13], "labels": [IGNORE, 12, 13]},
@@ -157,6 +168,12 @@ def test_each_generation_task_trains_and_writes_its_answers(tmp_path, task, mode
         rows = [json.loads(line) for line in predictions.read_text().splitlines()]
         assert len(rows) == 4 and all({"prompt", "reference", "prediction"} <= set(row) for row in rows)
     assert run.record.main_metric == TASKS.get(task, "task").main_metric
+
+
+@pytest.mark.parametrize(("method", "model"), [("adalora", "tiny-llama"), ("ia3", "tiny-gpt2"), ("loha", "tiny-qwen2"), ("adapter", "tiny-gpt2")])
+def test_every_method_trains_on_a_decoder(tmp_path, method, model):
+    run = train_tiny(tmp_path, f"model={model}", f"peft={method}", *GEN, *TASK_RUNS["multi30k"], "trainer.max_steps=2", "rank=2")
+    assert run.record.train.steps == 2 and run.record.params.trainable > 0 and math.isfinite(run.record.eval.values["loss"])
 
 
 def test_dialogsum_scores_every_reference_of_the_test_split(tmp_path):
