@@ -113,6 +113,11 @@ def test_a_generation_task_on_an_encoder_is_refused():
         tiny("tiny-bert")
 
 
+def test_language_modelling_on_an_encoder_decoder_is_refused():
+    with pytest.raises(ConfigError, match=r"task tinyshakespeare has no prompt .* this t5 encoder-decoder needs a source text to encode"):
+        tiny("tiny-t5", "task.packing=false", task="tinyshakespeare")
+
+
 def test_packing_on_an_encoder_decoder_is_refused():
     with pytest.raises(ConfigError, match="task.packing=true packs decoder sequences; this t5 model is an encoder-decoder"):
         tiny("tiny-t5", "task.packing=true")

@@ -143,7 +143,7 @@ METRICS = {"alpaca": {"rougeL", "perplexity"}, "dialogsum": {"rouge1", "rouge2",
 RUNS = [(task, "tiny-llama", "lora") for task in TASK_RUNS] + [
     ("alpaca", "tiny-qwen2", "full"), ("dialogsum", "tiny-gpt2", "full"), ("multi30k", "tiny-llama", "full"),
     ("tinyshakespeare", "tiny-gpt2", "full"),
-] + [(task, "tiny-t5", "lora") for task in ("alpaca", "dialogsum", "multi30k")] + [("tinyshakespeare", "tiny-t5", "full")]  # fmt: skip
+] + [(task, "tiny-t5", "lora") for task in ("alpaca", "dialogsum", "multi30k")]  # fmt: skip
 
 
 def gen(task: str) -> list[str]:
@@ -152,8 +152,7 @@ def gen(task: str) -> list[str]:
 
 @pytest.mark.parametrize(("task", "model", "method"), RUNS)
 def test_each_generation_task_trains_and_writes_its_answers(tmp_path, task, model, method):
-    t5_lm = ["task.packing=false"] if task == "tinyshakespeare" and model == "tiny-t5" else []
-    run = train_tiny(tmp_path, f"model={model}", f"peft={method}", *gen(task), *TASK_RUNS[task], *t5_lm)
+    run = train_tiny(tmp_path, f"model={model}", f"peft={method}", *gen(task), *TASK_RUNS[task])
     record = json.loads((tmp_path / METRICS_FILE).read_text())
     assert record["status"] == "finished" and record["task"] == task
     assert set(record["eval"]) - {"split", "n"} == METRICS[task] | {"loss"}
@@ -206,6 +205,9 @@ def test_zero_shot_scores_the_model_as_loaded(tmp_path):
     run = train_tiny(tmp_path, "model=tiny-llama", "peft=zero_shot", *GEN, *TASK_RUNS["multi30k"])
     assert run.record.train.steps == 0 and run.record.train.planned_steps == 0 and run.record.params.trainable == 0
     assert run.record.method.label == "zero_shot" and (tmp_path / "predictions_validation.jsonl").is_file()
+    from peftlab.evaluate import evaluate_run
+
+    assert evaluate_run(tmp_path, "validation")["matches_training"] is True  # nothing saved, the base reloaded
 
 
 # -- metrics -------------------------------------------------------------------------------

@@ -256,12 +256,14 @@ def validate(cfg: DictConfig) -> Config:
         name = OmegaConf.select(cfg, f"{section}.{key}")
         if name is None:  # `~peft` on the command line, or a run config without the section
             raise ConfigError(f"{section}: none chosen; allowed: {section}=NAME with a NAME from conf/{section}/")
-        schema = registry.get(name, f"{section}.{key}").config_class
+        chosen = registry.get(name, f"{section}.{key}")
         with config_errors(section):
-            typed = OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
+            typed = OmegaConf.merge(OmegaConf.structured(chosen.config_class), cfg[section])
         cfg[section] = typed
     with config_errors():
-        return OmegaConf.to_object(cfg)
+        config = OmegaConf.to_object(cfg)
+    TASKS.get(config.task.task, "task.task").check_config(config.task)
+    return config
 
 
 def refuse_unknown_keys(cfg: DictConfig) -> None:

@@ -36,11 +36,13 @@ def load_config(cfg: ModelConfig, task: Task):
     return _from_pretrained(transformers.AutoConfig, "model.name_or_path", weights_folder(cfg), **task.model_kwargs())
 
 
-def tell_task_the_model(cfg: ModelConfig, task: Task) -> None:
+def tell_task_the_model(cfg: ModelConfig, task: Task, config=None) -> str:
     """`task.for_model` from the model's config alone, so the task can encode (and refuse a model
-    it cannot train) before any weights load."""
-    config = load_config(cfg, task)
-    task.for_model(family_of(config, cfg.targets), config.model_type)
+    it cannot train) before any weights load; returns the model's family."""
+    config = config or load_config(cfg, task)
+    family = family_of(config, cfg.targets)
+    task.for_model(family, config.model_type)
+    return family
 
 
 def weights_folder(cfg: ModelConfig) -> str:
@@ -53,8 +55,7 @@ def load_model(cfg: ModelConfig, task: Task):
     import transformers
 
     config = load_config(cfg, task)
-    family = family_of(config, cfg.targets)
-    task.for_model(family, config.model_type)
+    family = tell_task_the_model(cfg, task, config)
     auto_class = getattr(transformers, task.auto_model_class_for(family))
     if cfg.random_init is not None:
         # Fixed weights, whatever the run's seed: a random model stands in for a pretrained one,

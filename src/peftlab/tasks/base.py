@@ -60,6 +60,11 @@ class Task:
     labelled_splits: tuple[str, ...] = ("train", "validation")  # the splits with labels, which can be scored
     unlabelled_note = ""  # why a split is missing, for the error that asks for it
 
+    @classmethod
+    def check_config(cls, cfg: TaskConfig) -> None:
+        """Checks of the typed config that need the task's class (its metrics), run by
+        `config.validate` before torch loads; raise ConfigError."""
+
     def __init__(self, cfg: TaskConfig, seed: int) -> None:
         self.cfg = cfg
         self.seed = seed

@@ -22,8 +22,6 @@ from peftlab.tasks.generation import PERPLEXITY, GenerationConfig, GenerationTas
 
 @dataclass
 class DialogSumConfig(GenerationConfig):
-    prompt: str = "Summarize the following dialogue.\n\n{dialogue}\n\nSummary:"
-    target: str = " {summary}"
     train_file: str = II("data_dir") + "/dialogsum/dialogsum.dev.jsonl"  # the official dev split (see above)
     validation_file: str = II("data_dir") + "/dialogsum/dialogsum.test.jsonl"
     test_file: str = II("data_dir") + "/dialogsum/dialogsum.test.jsonl"

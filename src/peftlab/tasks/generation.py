@@ -20,6 +20,7 @@ against every reference, and each is written to the run folder's predictions_<sp
 
 from __future__ import annotations
 
+import functools
 import string
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -77,15 +78,18 @@ class GenerationTask(Task):
     main_metric = "perplexity"
     metric_info: tuple[MetricInfo, ...] = (PERPLEXITY,)
 
+    @classmethod
+    def check_config(cls, cfg):
+        if cfg.generate_samples < 1 and any(m.name != "perplexity" for m in cls.metric_info):
+            raise ConfigError(
+                f"task.generate_samples=0, but task {cfg.name} scores {cls.main_metric} on generated answers; allowed: >= 1"
+            )
+
     def __init__(self, cfg: GenerationConfig, seed: int) -> None:
         super().__init__(cfg, seed)
         self.family: Optional[str] = None  # set by for_model, before encoding
         self.tokenizer = None
         self.references: list[dict[str, Any]] = []  # {"prompt", "references"} of every generated example, by example_id
-        if cfg.generate_samples < 1 and any(m.name != "perplexity" for m in self.metric_info):
-            raise ConfigError(
-                f"task.generate_samples=0, but task {cfg.name} scores {self.main_metric} on generated answers; allowed: >= 1"
-            )
 
     # -- the model -----------------------------------------------------------------------------
     def for_model(self, family, model_type):
@@ -93,6 +97,11 @@ class GenerationTask(Task):
             raise ConfigError(
                 f"task {self.cfg.name} generates text, which an encoder-only model ({model_type}) cannot; "
                 "allowed: a decoder (llama, qwen2, gpt2: model=smollm2, model=tiny-llama) or an encoder-decoder (t5: model=tiny-t5)"
+            )
+        if family == "encoder-decoder" and not self.cfg.prompt:
+            raise ConfigError(
+                f"task {self.cfg.name} has no prompt (task.prompt is empty: language modelling), and this {model_type} "
+                "encoder-decoder needs a source text to encode; allowed: a decoder (model=smollm2, model=tiny-llama)"
             )
         if self.cfg.packing and family != "decoder":
             raise ConfigError(f"task.packing=true packs decoder sequences; this {model_type} model is an {family}; allowed: task.packing=false")
@@ -119,7 +128,8 @@ class GenerationTask(Task):
 
     def _fill(self, template: str, record: dict[str, Any], key: str, where: str) -> str:
         try:
-            return template.format_map({k: v for k, v in record.items() if k != "references"})
+            # A JSON null is an empty field, not the text "None".
+            return template.format_map({k: "" if v is None else v for k, v in record.items() if k != "references"})
         except KeyError as err:
             fields = ", ".join(k for k in record if k != "references")
             raise DataError(f"{key} names field {err.args[0]!r}, which {where} lacks; its fields: {fields}") from None
@@ -290,9 +300,10 @@ class GenerationCollator:
 
         width = max(len(f["input_ids"]) for f in features)
         label_width = max(len(f["labels"]) for f in features)  # an encoder-decoder's labels are the decoder's, of their own length
+        ids = functools.partial(torch.tensor, dtype=torch.long)  # also for an empty prompt (no tokens to infer a type from)
         batch = {
-            "input_ids": torch.tensor([f["input_ids"] + [self.pad] * (width - len(f["input_ids"])) for f in features]),
-            "labels": torch.tensor([f["labels"] + [IGNORE] * (label_width - len(f["labels"])) for f in features]),
+            "input_ids": ids([f["input_ids"] + [self.pad] * (width - len(f["input_ids"])) for f in features]),
+            "labels": ids([f["labels"] + [IGNORE] * (label_width - len(f["labels"])) for f in features]),
             "num_examples": torch.tensor(sum(f.get("num_examples", 1) for f in features)),
             "num_tokens": torch.tensor(sum(len(f["input_ids"]) for f in features)),
         }
@@ -300,7 +311,7 @@ class GenerationCollator:
             # Padding gets its own positions from 0, so it is a separate (ignored) example.
             batch["position_ids"] = torch.tensor([f["position_ids"] + list(range(width - len(f["position_ids"]))) for f in features])
         else:
-            batch["attention_mask"] = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+            batch["attention_mask"] = ids([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
         generated = [f for f in features if "example_id" in f]
         if generated:
             prompt_width = max(len(f["prompt_ids"]) for f in generated)

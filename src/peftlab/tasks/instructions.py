@@ -15,6 +15,8 @@ from peftlab.tasks.base import TASKS, FilesConfig, MetricInfo, UserFiles, requir
 from peftlab.tasks.csv_files import read_records
 from peftlab.tasks.generation import PERPLEXITY, GenerationConfig, GenerationTask
 
+FORMATS = (".json", ".jsonl")  # a JSON array of records, or one record per line
+
 @dataclass
 class InstructionConfig(GenerationConfig):  # templates: conf/task/template/alpaca.yaml
     drop_empty_targets: bool = False  # leave out records whose target is empty (instead of refusing the file)
@@ -86,7 +88,12 @@ class Alpaca(InstructionTask):
 
 @dataclass
 class InstructionFilesConfig(FilesConfig, InstructionConfig):  # JSON arrays or JSON Lines of records
-    pass
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("train_file", "validation_file", "test_file"):
+            value = getattr(self, key)
+            if value is not None:
+                require(Path(value).suffix.lower() in FORMATS, f"task.{key}", value, f"allowed formats: {', '.join(FORMATS)}")
 
 
 @TASKS.register("instruction_files")
@@ -96,7 +103,4 @@ class InstructionFiles(UserFiles, InstructionTask):
     config_class = InstructionFilesConfig
 
     def read(self, split):
-        path = require_file(self.split_file(split), self.file_description(split))
-        if path.suffix.lower() not in (".json", ".jsonl"):
-            raise DataError(f"{self.file_description(split)}={path}: allowed formats: .json (an array of records), .jsonl")
-        return self.records(path)
+        return self.records(require_file(self.split_file(split), self.file_description(split)))

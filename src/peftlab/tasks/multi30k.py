@@ -19,8 +19,6 @@ FILES = {"train": "train", "validation": "val", "test": "test_2016_flickr"}  # +
 @dataclass
 class Multi30kConfig(GenerationConfig):
     data_dir: str = II("data_dir") + "/multi30k"
-    prompt: str = "Translate English to German.\nEnglish: {en}\nGerman:"
-    target: str = " {de}"
     max_length: int = 128
     max_new_tokens: int = 64
 

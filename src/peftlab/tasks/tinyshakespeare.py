@@ -21,8 +21,6 @@ from peftlab.tasks.generation import GenerationConfig, GenerationTask
 @dataclass
 class TinyShakespeareConfig(GenerationConfig):
     data_dir: str = II("data_dir") + "/tinyshakespeare"  # holds input.txt
-    prompt: str = ""
-    target: str = "{text}"
     validation_fraction: float = 0.1  # the text's last share of speeches is held out
     packing: bool = True
     generate_samples: int = 0  # must stay 0: a speech is all target, there is no prompt to answer
