@@ -23,9 +23,11 @@ NEEDS = {  # options whose YAML leaves a required value to the user
 }
 
 
-# Every method with every model and with every task (the groups do not interpolate each other, so
-# pairs cover what the full product would, in a fraction of the time).
-PAIRS = sorted({(m, p, "sst2") for m, p in itertools.product(MODELS, METHODS)} | {("minilm", p, t) for p, t in itertools.product(METHODS, TASKS)})
+# Every model, every method and every task composes and validates. The groups do not interpolate
+# each other, so each option once, beside the defaults of the other groups, covers what the full
+# product would; the generation tasks also with a decoder, whose config they check.
+PAIRS = sorted({(m, "lora", "sst2") for m in MODELS} | {("minilm", p, "sst2") for p in METHODS} | {("minilm", "lora", t) for t in TASKS}
+               | {("tiny-llama", p, t) for p, t in itertools.product(METHODS, ("alpaca", "dialogsum", "multi30k", "tinyshakespeare"))})  # fmt: skip
 
 
 @pytest.mark.parametrize("model,peft,task", PAIRS)

@@ -133,8 +133,9 @@ def test_left_padded_batched_generation_equals_one_by_one(model, family):
 
 # -- every task, trained ------------------------------------------------------------------------
 TASK_RUNS = {
-    "alpaca": ["task=alpaca", "task.file=alpaca_en_demo.json", "task.validation_size=50"],
-    "dialogsum": ["task=dialogsum", "task.max_eval_samples=4", "task.max_new_tokens=4"],
+    # Short sequences: with a 49,152-word vocabulary the tiny models' time goes to the logits.
+    "alpaca": ["task=alpaca", "task.file=alpaca_en_demo.json", "task.validation_size=50", "task.max_length=256"],
+    "dialogsum": ["task=dialogsum", "task.max_train_samples=8", "task.max_eval_samples=4", "task.max_new_tokens=4"],
     "multi30k": ["task=multi30k"],
     "tinyshakespeare": ["task=tinyshakespeare"],
 }
@@ -159,7 +160,7 @@ def test_each_generation_task_trains_and_writes_its_answers(tmp_path, task, mode
     assert record["metric_info"]["perplexity"] == {"higher_is_better": False, "percent": False}
     # perplexity is exp of the mean loss per target token, which is what `loss` is
     assert record["eval"]["perplexity"] == pytest.approx(math.exp(record["eval"]["loss"]), rel=1e-5)
-    assert record["train"]["tokens"] > record["train"]["samples"] >= 32 or task == "tinyshakespeare"
+    assert record["train"]["tokens"] > record["train"]["samples"] >= 8
     predictions = tmp_path / "predictions_validation.jsonl"
     if task == "tinyshakespeare":
         assert not predictions.exists()

@@ -314,4 +314,4 @@ def test_generation_tasks_join_the_methods_by_tasks_table(project, tmp_path):
     run([*map(str, folders), "--out", str(tmp_path / "out")])
     md = (tmp_path / "out" / "suite.md").read_text().splitlines()
     assert md[0] == "| Method | Trainable | dialogsum ROUGE-L (%) ↑ | tinyshakespeare Perplexity ↓ |"
-    assert md[2:4] == ["| lora | 1000 | **31.00 ± 1.41** | **21.00 ± 1.41** |", "| zero_shot | 1000 | 20.00 ± 0.00 | 40.00 ± 0.00 |"]
+    assert md[2:4] == ["| lora | 1.0k | **31.00 ± 1.41** | **21.00 ± 1.41** |", "| zero_shot | 1.0k | 20.00 ± 0.00 | 40.00 ± 0.00 |"]
