@@ -4,8 +4,8 @@
     peftlab-evaluate RUN_FOLDER split=train
 
 Writes DIR/eval_<split>.json (DIR defaults to the run folder), and a generation task's answers to
-DIR/predictions_<split>.jsonl (regenerated: greedy decoding gives training's own answers again). Nothing of the training process is
-reused: the model is rebuilt by `peftlab.reload.load_run`. The batches are the length-sorted
+DIR/predictions_<split>.jsonl (regenerated: greedy decoding gives training's own answers again).
+Nothing of the training process is reused: the model is rebuilt by `peftlab.reload.load_run`. The batches are the length-sorted
 evaluation batches training used, at the run's own `trainer.eval_batch_size`, so on the split
 training scored the numbers are bit-identical to its metrics.json; the file records both, and
 `matches_training` says whether they are equal.
