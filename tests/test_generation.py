@@ -139,12 +139,14 @@ TASK_RUNS = {
     "dialogsum": ["task=dialogsum", "task.max_train_samples=8", "task.max_eval_samples=4", "task.max_new_tokens=4"],
     "multi30k": ["task=multi30k"],
     "tinyshakespeare": ["task=tinyshakespeare"],
+    "instruction_files": ["task=instruction_files"],  # + the files qa_files writes
 }
 METRICS = {"alpaca": {"rougeL", "perplexity"}, "dialogsum": {"rouge1", "rouge2", "rougeL", "perplexity"},
-           "multi30k": {"bleu", "chrf", "perplexity"}, "tinyshakespeare": {"perplexity"}}  # fmt: skip
+           "multi30k": {"bleu", "chrf", "perplexity"}, "tinyshakespeare": {"perplexity"},
+           "instruction_files": {"rougeL", "perplexity"}}  # fmt: skip
 RUNS = [(task, "tiny-llama", "lora") for task in TASK_RUNS] + [
     ("alpaca", "tiny-qwen2", "full"), ("dialogsum", "tiny-gpt2", "full"), ("multi30k", "tiny-llama", "full"),
-    ("tinyshakespeare", "tiny-gpt2", "full"),
+    ("tinyshakespeare", "tiny-gpt2", "full"), ("instruction_files", "tiny-qwen2", "full"),
 ] + [(task, "tiny-t5", "lora") for task in ("alpaca", "dialogsum", "multi30k")]  # fmt: skip
 
 
@@ -154,15 +156,17 @@ def gen(task: str) -> list[str]:
 
 @pytest.mark.parametrize(("task", "model", "method"), RUNS)
 def test_each_generation_task_trains_and_writes_its_answers(tmp_path, task, model, method):
-    run = train_tiny(tmp_path, f"model={model}", f"peft={method}", *gen(task), *TASK_RUNS[task])
-    record = json.loads((tmp_path / METRICS_FILE).read_text())
+    files = qa_files(tmp_path) if task == "instruction_files" else []
+    run_dir = tmp_path / "run"
+    run = train_tiny(run_dir, f"model={model}", f"peft={method}", *gen(task), *TASK_RUNS[task], *files)
+    record = json.loads((run_dir / METRICS_FILE).read_text())
     assert record["status"] == "finished" and record["task"] == task
     assert set(record["eval"]) - {"split", "n"} == METRICS[task] | {"loss"}
     assert record["metric_info"]["perplexity"] == {"higher_is_better": False, "percent": False}
     # perplexity is exp of the mean loss per target token, which is what `loss` is
     assert record["eval"]["perplexity"] == pytest.approx(math.exp(record["eval"]["loss"]), rel=1e-5)
     assert record["train"]["tokens"] > record["train"]["samples"] >= 8  # examples (a packed row holds several)
-    predictions = tmp_path / "predictions_validation.jsonl"
+    predictions = run_dir / "predictions_validation.jsonl"
     if task == "tinyshakespeare":
         assert not predictions.exists()
     else:
@@ -240,7 +244,7 @@ def test_an_empty_target_is_refused_unless_dropped(tmp_path):
 
 
 def test_a_prompt_with_no_room_for_the_target_names_how_many_and_the_first(tmp_path):
-    with pytest.raises(DataError, match=r"task alpaca: \d+ of 32 prompts leave no room for the target within task.max_length=16 \(the first, example \d+, is \d+ tokens\)"):
+    with pytest.raises(DataError, match=r"task alpaca: \d+ of 16 prompts leave no room for the target within task.max_length=16 \(the first, example \d+, is \d+ tokens\)"):
         train_tiny(tmp_path, "model=tiny-llama", *GEN, *TASK_RUNS["alpaca"], "task.max_length=16")
 
 
