@@ -31,7 +31,7 @@ from peftlab.errors import ConfigError, DataError, require
 from peftlab.tasks.base import MetricInfo, Task, TaskConfig
 
 IGNORE = -100  # label of a token the loss skips (transformers' convention)
-SCORING_KEYS = ("example_id", "generate_rows", "prompt_ids", "prompt_mask", "num_examples", "num_tokens")
+SCORING_KEYS = ("example_id", "prompt_ids", "prompt_mask", "num_examples", "num_tokens")
 PERPLEXITY = MetricInfo("perplexity", higher_is_better=False, percent=False)
 
 
@@ -236,7 +236,7 @@ class GenerationTask(Task):
         import torch
 
         generated = []
-        if "generate_rows" in batch:
+        if "prompt_ids" in batch:  # the batch holds examples to generate for
             generated = self.generate(model, batch["prompt_ids"], batch["prompt_mask"])
         example_id = batch.get("example_id", torch.zeros(0, dtype=torch.long, device=batch["input_ids"].device))
         return outputs.loss, target_tokens(batch["labels"], self.family), example_id, generated
@@ -315,7 +315,6 @@ class GenerationCollator:
         generated = [f for f in features if "example_id" in f]
         if generated:
             prompt_width = max(len(f["prompt_ids"]) for f in generated)
-            batch["generate_rows"] = torch.tensor([n for n, f in enumerate(features) if "example_id" in f])
             batch["example_id"] = torch.tensor([f["example_id"] for f in generated])
             batch["prompt_ids"] = torch.tensor([[self.pad] * (prompt_width - len(f["prompt_ids"])) + f["prompt_ids"] for f in generated])
             batch["prompt_mask"] = torch.tensor([[0] * (prompt_width - len(f["prompt_ids"])) + [1] * len(f["prompt_ids"]) for f in generated])
