@@ -57,7 +57,7 @@ def test_every_method_can_be_the_grid():
 
 
 def test_bad_overrides_are_one_line(tmp_path):
-    with pytest.raises(ConfigError, match=r"^peft=lorra is not an option; allowed: adalora, adapter, all, full, generation, ia3, linear_probe, loha, lora, zero_shot$"):
+    with pytest.raises(ConfigError, match=r"^peft=lorra is not an option; allowed: adalora, adapter, all, bitfit, dora, full, generation, ia3, linear_probe, loha, lokr, lora, loraplus, pissa, prefix_tuning, prompt_tuning, qlora, rslora, vera, zero_shot$"):
         compose(ROOT, ["peft=lorra"], tmp_path / "params.yaml")
     done = subprocess.run([sys.executable, "-m", "peftlab.dvc_params", "--force"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2

@@ -177,7 +177,10 @@ def test_each_generation_task_trains_and_writes_its_answers(tmp_path, task, mode
     assert run.record.main_metric == TASKS.get(task, "task").main_metric
 
 
-@pytest.mark.parametrize(("method", "model"), [("adalora", "tiny-llama"), ("ia3", "tiny-gpt2"), ("loha", "tiny-qwen2"), ("adapter", "tiny-gpt2")])
+@pytest.mark.parametrize(("method", "model"), [
+    ("adalora", "tiny-llama"), ("ia3", "tiny-gpt2"), ("loha", "tiny-qwen2"), ("adapter", "tiny-gpt2"),
+    ("dora", "tiny-gpt2"), ("vera", "tiny-qwen2"), ("lokr", "tiny-llama"), ("bitfit", "tiny-gpt2"), ("prefix_tuning", "tiny-t5"),
+])  # fmt: skip
 def test_every_method_trains_on_a_decoder(tmp_path, method, model):
     run = train_tiny(tmp_path, f"model={model}", f"peft={method}", *GEN, *TASK_RUNS["multi30k"], "trainer.max_steps=2", "rank=2")
     assert run.record.train.steps == 2 and run.record.params.trainable > 0 and math.isfinite(run.record.eval.values["loss"])
@@ -191,10 +194,12 @@ def test_packing_trains_the_same_examples_in_fewer_rows(tmp_path):
     assert packed.record.train.steps < plain.record.train.steps
 
 
-def test_evaluate_reloads_and_regenerates_the_same_answers(tmp_path):
+@pytest.mark.parametrize("method", ["lora", "prefix_tuning", "prompt_tuning"])
+def test_evaluate_reloads_and_regenerates_the_same_answers(tmp_path, method):
+    # Prefix and prompt tuning generate through peft's own generate, which prepends the virtual tokens.
     from peftlab.evaluate import evaluate_run
 
-    train_tiny(tmp_path, "model=tiny-llama", "peft=lora", *GEN, *TASK_RUNS["multi30k"])
+    train_tiny(tmp_path, "model=tiny-llama", f"peft={method}", *GEN, *TASK_RUNS["multi30k"])
     result = evaluate_run(tmp_path, "validation", tmp_path / "again")
     assert result["matches_training"] is True and result["predictions"] == "predictions_validation.jsonl"
     assert (tmp_path / "again" / "predictions_validation.jsonl").read_text() == (tmp_path / "predictions_validation.jsonl").read_text()

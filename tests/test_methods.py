@@ -38,6 +38,22 @@ CASES = {
     "adapter-pfeiffer": (["rank=4", "peft.variant=pfeiffer"], L * (2 * D * 4 + 4 + D) + HEAD, L * (2 * D * 4 + 4 + D)),
     "ia3": ([], L * 3 * D + HEAD, L * 3 * D),
     "loha": (["rank=2"], L * 2 * 2 * 2 * (D + D) + HEAD, L * 2 * 2 * 2 * (D + D)),
+    # LoRA's variants: the same factors (DoRA adds a magnitude per output feature of each adapted layer).
+    "dora": (["rank=4"], lora_all_linear(4) + L * (5 * D + I) + HEAD, lora_all_linear(4) + L * (5 * D + I)),
+    "rslora": (["rank=4"], lora_all_linear(4) + HEAD, lora_all_linear(4)),
+    "pissa": (["rank=4"], lora_all_linear(4) + HEAD, lora_all_linear(4)),
+    "loraplus": (["rank=4"], lora_all_linear(4) + HEAD, lora_all_linear(4)),
+    # VeRA: per adapted layer (q, v) a vector of its r and one of its output width; the shared
+    # random projections are buffers, not parameters.
+    "vera": (["peft.options.r=48"], L * 2 * (48 + D) + HEAD, L * 2 * (48 + D)),
+    # LoKr, rank 2, on q and v (32 x 32): each side 32 = 4 x 8, so a full 4 x 4 factor and a rank-2
+    # 8 x 8 one (2 < 8 / 2): 16 + 2 * (8 + 8) per layer.
+    "lokr": (["rank=2"], L * 2 * (16 + 2 * (8 + 8)) + HEAD, L * 2 * (16 + 2 * (8 + 8))),
+    # BitFit: every bias (embedding LayerNorm, per layer q k v output LayerNorm intermediate output
+    # LayerNorm, the pooler) and the head; nothing added.
+    "bitfit": ([], D + L * (7 * D + I) + D + HEAD, 0),
+    # Prompt tuning: 20 virtual token embeddings, which take 20 of the 128 positions.
+    "prompt_tuning": (["task.max_length=64"], 20 * D + HEAD, 20 * D),
 }
 
 
@@ -68,7 +84,11 @@ def test_tiny_training_counts_saves_and_reloads(tmp_path, sst2_available, case):
     batch = {"input_ids": torch.tensor([[101, 2023, 3185, 2001, 2307, 102]]), "attention_mask": torch.ones(1, 6, dtype=torch.long)}
     run.model.eval()
     with torch.no_grad():
-        assert torch.equal(run.model(**batch).logits, reloaded(**batch).logits)
+        trained, again = run.model(**batch).logits, reloaded(**batch).logits
+    if case == "pissa":  # saved as a LoRA of the original weights: W + B'A' - B0A0 vs W_res + B'A', equal up to rounding
+        torch.testing.assert_close(again, trained, rtol=0, atol=1e-5)
+    else:
+        assert torch.equal(trained, again)
 
 
 def test_peft_methods_load_with_peft_itself(tmp_path, sst2_available):

@@ -116,7 +116,7 @@ BAD = {
     "out of range": ("method: random\nmetric: {name: val/loss}\nparameters:\n  rank: {values: [0, 4]}\n",
                      r"sweep\.yaml: parameters\.rank: rank=0 is out of range; it must be an integer >= 1$"),
     "not an option": ("method: grid\nmetric: {name: val/loss}\nparameters:\n  peft: {values: [lora, lorra]}\n",
-                      r"sweep\.yaml: parameters\.peft: peft=lorra is not an option; allowed: adalora, adapter, full, ia3, linear_probe, loha, lora, zero_shot$"),
+                      r"sweep\.yaml: parameters\.peft: peft=lorra is not an option; allowed: adalora, adapter, bitfit, dora, full, ia3, linear_probe, loha, lokr, lora, loraplus, pissa, prefix_tuning, prompt_tuning, qlora, rslora, vera, zero_shot$"),
     "grid over a continuous range": ("method: grid\nmetric: {name: val/loss}\nparameters:\n  lr: {distribution: uniform, min: 0.1, max: 0.2}\n",
                                      r"parameters\.lr: grid search needs a finite set; allowed: values, value, int_uniform, q_uniform \(got uniform\)$"),
     "a metric train.py does not log": ("method: random\nmetric: {name: accuracy}\nparameters:\n  lr: {values: [0.1]}\n",

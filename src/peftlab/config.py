@@ -263,6 +263,7 @@ def validate(cfg: DictConfig) -> Config:
     with config_errors():
         config = OmegaConf.to_object(cfg)
     TASKS.get(config.task.task, "task.task").check_config(config.task)
+    METHODS.get(config.peft.method, "peft.method")(config.peft).check_run(config)
     return config
 
 

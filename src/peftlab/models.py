@@ -50,7 +50,7 @@ def weights_folder(cfg: ModelConfig) -> str:
     return gguf_cache.model_folder(cfg.name_or_path) if gguf_cache.is_gguf(cfg.name_or_path) else cfg.name_or_path
 
 
-def load_model(cfg: ModelConfig, task: Task):
+def load_model(cfg: ModelConfig, task: Task, **options):
     import torch
     import transformers
 
@@ -66,7 +66,7 @@ def load_model(cfg: ModelConfig, task: Task):
                 return auto_class.from_config(config)
             except Exception as err:  # noqa: BLE001 -- any refusal of these settings is the user's to fix
                 raise ModelError(f"model.random_init: {type(config).__name__} refuses these settings: {first_line(err)}") from None
-    return _from_pretrained(auto_class, "model.name_or_path", weights_folder(cfg), config=config)
+    return _from_pretrained(auto_class, "model.name_or_path", weights_folder(cfg), config=config, **options)  # options: the method's (4-bit loading)
 
 
 def model_source(cfg: ModelConfig) -> str:
@@ -94,7 +94,7 @@ def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
         ) from None
 
 
-def check_model_fits(model, tokenizer, task: Task, position_offset: int) -> None:
+def check_model_fits(model, tokenizer, task: Task, position_offset: int, virtual_tokens: int = 0) -> None:
     """Token ids or lengths the model has no embeddings for fail deep in its forward pass."""
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
@@ -104,11 +104,13 @@ def check_model_fits(model, tokenizer, task: Task, position_offset: int) -> None
         )
     positions = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     needed, max_length = task.positions_needed(), task.cfg.max_length
-    if isinstance(positions, int) and needed > positions - position_offset:
+    limit = positions - position_offset - virtual_tokens if isinstance(positions, int) else None  # prompt tuning's tokens take positions too
+    if limit is not None and needed > limit:
         what = f"task.max_length={max_length}" if needed == max_length else f"task.max_length + task.max_new_tokens={needed}"
+        room = f"its number of positions less the method's {virtual_tokens} virtual tokens" if virtual_tokens else "its number of positions"
         raise ConfigError(
             f"{what} is out of range for this {model.config.model_type} model; "
-            f"allowed: 8 to {positions - position_offset}, its number of positions"
+            f"allowed: 8 to {limit}, {room}"
         )
 
 

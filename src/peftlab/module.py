@@ -1,4 +1,4 @@
-"""The LightningModule: one model with its PEFT method, trained with AdamW and a linear warm-up/decay."""
+"""The LightningModule: one model with its PEFT method, trained with the method's optimizer (AdamW) and a linear warm-up/decay."""
 
 from __future__ import annotations
 
@@ -51,12 +51,8 @@ class PeftModule(L.LightningModule):
     def configure_optimizers(self):
         from transformers import get_linear_schedule_with_warmup
 
-        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for n, p in named if not n.endswith(self.no_decay)], "weight_decay": self.trainer_cfg.weight_decay},
-            {"params": [p for n, p in named if n.endswith(self.no_decay)], "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.lr)
+        # The method builds it: most take AdamW, LoRA+ gives B its own learning rate.
+        optimizer = self.method.build_optimizer(self.model, self.lr, self.trainer_cfg.weight_decay, self.no_decay)
         warmup = int(self.trainer_cfg.warmup_ratio * self.total_steps)
         schedule = get_linear_schedule_with_warmup(optimizer, warmup, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

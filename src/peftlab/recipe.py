@@ -71,6 +71,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         with status(cfg, f"Reading and tokenizing {cfg.task.name}"):
             tokenizer = load_tokenizer(cfg.model)
             tell_task_the_model(cfg.model, task)  # a generation task encodes for a decoder or an encoder-decoder
+            method.check_task(task)
             data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
             data.setup("fit")
         n_train = len(data.splits["train"])
@@ -80,12 +81,12 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         trainer.log_every_n_steps = min(LOG_EVERY_N_STEPS, batches_per_epoch(n_train, cfg.trainer.batch_size, trainer.world_size))
 
         with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
-            model = load_model(cfg.model, task)
+            model = load_model(cfg.model, task, **method.load_options())
             arch = architecture_of(model, cfg.model.targets)  # what is adapted, what is the head
             if model.config.pad_token_id is None:  # a decoder's score head finds the last real token by it
                 model.config.pad_token_id = tokenizer.pad_token_id
-            check_model_fits(model, tokenizer, task, arch.profile.position_offset)  # its vocabulary and positions,
-            method.check(model, arch)  # and its layers' sizes and names
+            method.check(model, arch)  # the method against the model: its layers' sizes and names, its head
+            check_model_fits(model, tokenizer, task, arch.profile.position_offset, method.virtual_tokens())  # vocabulary, positions
             model = method.apply(model, arch, total_steps=total_steps)
             settings = method.settings(model, arch)  # what took effect, for the record
         model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds

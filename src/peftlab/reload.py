@@ -48,12 +48,13 @@ def load_run(run_dir: Path, cfg: Optional[Config] = None):
     cfg = cfg or load_run_config(run_dir)
     quiet_libraries()
     task = TASKS.get(cfg.task.task, "task.task")(cfg.task, seed=cfg.seed)
-    base = load_model(cfg.model, task)
+    method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
+    base = load_model(cfg.model, task, **method.load_options())
     from safetensors import SafetensorError
 
     try:
         arch = architecture_of(base, cfg.model.targets)
-        model = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).load(base, run_dir / WEIGHTS_DIR, arch)
+        model = method.load(base, run_dir / WEIGHTS_DIR, arch)
     except (ValueError, OSError, RuntimeError, SafetensorError) as err:  # files missing, corrupt, or from another model
         raise DataError(f"{run_dir / WEIGHTS_DIR}: the saved weights cannot be loaded ({first_line(err)})") from None
     return cfg, task, model.eval()

@@ -51,6 +51,22 @@ class Method:
     def __init__(self, cfg: MethodConfig) -> None:
         self.cfg = cfg
 
+    def check_run(self, cfg) -> None:
+        """Raise ConfigError for a run this method cannot make (QLoRA off CUDA); called by
+        `config.validate` with the typed Config, before torch or the model loads."""
+
+    def load_options(self) -> dict[str, Any]:
+        """Extra `from_pretrained` arguments the base model loads with (QLoRA's 4-bit quantisation)."""
+        return {}
+
+    def check_task(self, task) -> None:
+        """Raise ConfigError for a task this method cannot train (packed rows under prompt tuning);
+        called once the task knows its model's family, before the data is read."""
+
+    def virtual_tokens(self) -> int:
+        """Positions the method prepends to every input (prompt tuning), for the model's position limit."""
+        return 0
+
     def check(self, model: nn.Module, arch: Architecture) -> None:
         """Raise ConfigError for settings this model cannot take (a rank above its layers' size, a
         target that matches nothing); called before `apply`, once the model is known."""
@@ -69,6 +85,18 @@ class Method:
         """A context in which the model's loss is the task's alone, for scoring: validation losses
         stay comparable across methods (AdaLoRA adds its regulariser to every loss otherwise)."""
         return contextlib.nullcontext()
+
+    def build_optimizer(self, model: nn.Module, lr: float, weight_decay: float, no_decay: tuple[str, ...]):
+        """AdamW over the trainable parameters; those whose names end in `no_decay` (biases,
+        norms) without weight decay. A method with its own optimizer (LoRA+) overrides this."""
+        import torch
+
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are zeroed (AdaLoRA re-allocates ranks here)."""

@@ -23,7 +23,7 @@ class LinearProbe(Method):
         if not arch.profile.head_modules(model):
             raise ConfigError(
                 f"peft=linear_probe trains a new task head, and this {arch.model_type} {type(model).__name__} has none "
-                "(its output layer is the pretrained LM head); allowed on generation tasks: lora, adalora, ia3, loha, adapter, full, zero_shot"
+                "(its output layer is the pretrained LM head); allowed on generation tasks: lora and its variants, prefix_tuning, prompt_tuning, ia3, adapter, full, zero_shot"
             )
 
     def apply(self, model, arch, total_steps):

@@ -32,8 +32,19 @@ TASK_TYPES = {
     "ForSequenceClassification": "SEQ_CLS",
     "ForTokenClassification": "TOKEN_CLS",
     "ForCausalLM": "CAUSAL_LM",
+    "LMHeadModel": "CAUSAL_LM",  # GPT-2's GPT2LMHeadModel
     "ForConditionalGeneration": "SEQ_2_SEQ_LM",
 }
+
+# Configs whose r is not the rank of an update of W: VeRA's is the width of frozen random
+# projections shared by all layers, which its paper takes above the hidden size (1024 on RoBERTa-base).
+UNBOUNDED_RANK = {"VeraConfig"}
+
+# Prompt learning (prefix / prompt tuning, P-tuning) prepends virtual tokens inside peft's
+# PeftModelFor... wrappers. With token classification the logits gain those positions and the
+# labels do not (peft 0.21 fails on the shapes); QA has no wrapper here (above). So: these heads.
+PROMPT_LEARNING_TASK_TYPES = {"SEQ_CLS": "sequence classification", "CAUSAL_LM": "generation on a decoder",
+                              "SEQ_2_SEQ_LM": "generation on an encoder-decoder"}  # fmt: skip
 
 
 def task_type(model) -> Optional[str]:
@@ -110,7 +121,7 @@ class PeftByName(PeftLibraryMethod):
     def peft_config(self, arch, head, total_steps):
         import peft
 
-        config_class = getattr(peft, self.cfg.peft_config, None)
+        config_class = self.peft_config_class()
         if not (isinstance(config_class, type) and issubclass(config_class, peft.PeftConfig)):
             raise ConfigError(
                 f"peft.peft_config={self.cfg.peft_config!r} is not a config class of peft; "
@@ -120,6 +131,54 @@ class PeftByName(PeftLibraryMethod):
             return config_class(**self.options(arch), modules_to_save=head or None)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"peft.options for {self.cfg.peft_config}: {first_line(err)}") from None
+
+    def peft_config_class(self):
+        import peft
+
+        return getattr(peft, self.cfg.peft_config, None)
+
+    def prompt_learning(self) -> bool:
+        """Prefix tuning, prompt tuning, P-tuning: virtual tokens instead of changed weights."""
+        import peft
+
+        config_class = self.peft_config_class()
+        return isinstance(config_class, type) and issubclass(config_class, peft.PromptLearningConfig)
+
+    def virtual_tokens(self):
+        if not self.prompt_learning() or self.cfg.peft_config == "PrefixTuningConfig":
+            return 0  # prefix tuning's virtual tokens are keys and values, not input positions
+        return int(self.cfg.options.get("num_virtual_tokens") or 0)
+
+    def check_task(self, task):
+        if self.prompt_learning() and getattr(task.cfg, "packing", False):
+            raise ConfigError(
+                f"peft={self.cfg.name} cannot train on packed rows: peft drops the position ids that keep packed "
+                "examples apart; allowed: task.packing=false"
+            )
+
+    def check(self, model, arch):
+        if self.prompt_learning():
+            self.check_prompt_learning(model)
+        super().check(model, arch)
+
+    def check_prompt_learning(self, model) -> None:
+        import inspect
+
+        head = f"this {model.config.model_type} {type(model).__name__}"
+        kind = task_type(model)
+        if kind not in PROMPT_LEARNING_TASK_TYPES:
+            raise ConfigError(
+                f"peft={self.cfg.name} ({self.cfg.peft_config}) is not supported by peft on {head}; allowed tasks: "
+                f"{', '.join(PROMPT_LEARNING_TASK_TYPES.values())}; on this task: lora, ia3, adapter or another weight method"
+            )
+        # peft's own rule (PeftModel._prefix_tuning_forward): a classification head's forward must
+        # take past_key_values. Generation heads get them through generate's cache path.
+        takes_cache = "past_key_values" in inspect.signature(model.forward).parameters
+        if self.cfg.peft_config == "PrefixTuningConfig" and kind == "SEQ_CLS" and not takes_cache:
+            raise ConfigError(
+                f"peft={self.cfg.name} passes its trained keys and values as past_key_values, which {head} does not take; "
+                "allowed: generation tasks on decoders and encoder-decoders (model=smollm2 task=alpaca), or peft=prompt_tuning"
+            )
 
     def options(self, arch: Architecture) -> dict[str, Any]:
         """The peft config's keyword arguments, with target sets (`target_modules: attention`)
@@ -138,6 +197,8 @@ class PeftByName(PeftLibraryMethod):
         return {"peft_config": self.cfg.peft_config, **self.options(arch)}
 
     def ranks(self):
+        if self.cfg.peft_config in UNBOUNDED_RANK:
+            return {}
         rank = self.cfg.options.get("r")
         if rank is not None and (isinstance(rank, bool) or not isinstance(rank, int) or rank < 1):
             raise ConfigError(f"peft.options.r={rank} is out of range; it must be an integer >= 1")
