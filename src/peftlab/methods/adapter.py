@@ -43,6 +43,13 @@ class AdapterConfig(MethodConfig):
 class Adapter(Method):
     config_class = AdapterConfig
 
+    def merged(self, model):
+        raise ConfigError(
+            f"--merge: peft={self.cfg.name} inserts bottleneck layers that no transformers architecture has, so it "
+            "cannot be merged; export without --merge (EXPORT/adapter holds its weights) and load it with "
+            "peftlab.reload.load_run(RUN), or python -m peftlab.evaluate RUN"
+        )
+
     def bottleneck_dim(self, hidden_size: int) -> int:
         if self.cfg.reduction_factor is not None:
             return max(1, hidden_size // self.cfg.reduction_factor)

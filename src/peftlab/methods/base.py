@@ -101,6 +101,13 @@ class Method:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are zeroed (AdaLoRA re-allocates ranks here)."""
 
+    def merged(self, model: nn.Module) -> nn.Module:
+        """The trained model as a plain transformers model, for `peftlab.export --merge`: methods
+        that train the model's own weights (full, BitFit, linear probe) already are one. Raises
+        ConfigError, saying how to load the adapter instead, for a method that adds structure no
+        transformers architecture has."""
+        return model
+
     def save(self, model: nn.Module, folder: Path) -> None:
         """Write only the trainable weights, never a copy of the frozen base."""
         from safetensors.torch import save_file

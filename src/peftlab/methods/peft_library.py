@@ -93,6 +93,15 @@ class PeftLibraryMethod(Method):
         except (ValueError, TypeError) as err:  # peft's own checks of the config against the model, or option types
             raise ConfigError(f"peft cannot apply {self.cfg.name} to this model: {first_line(err)}") from None
 
+    def merged(self, model):
+        if getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning:
+            raise ConfigError(
+                f"--merge: peft={self.cfg.name} prepends virtual tokens, which no weight of the model can hold; "
+                "export without --merge and load the adapter with peft: PeftModel.from_pretrained(base, EXPORT/adapter)"
+            )
+        # LoRA and its variants, AdaLoRA, VeRA, LoHa, LoKr fold W + delta into W; IA3 scales W's rows or columns.
+        return model.merge_and_unload()
+
     def save(self, model, folder: Path) -> None:
         model.save_pretrained(str(folder))
 
