@@ -181,7 +181,8 @@ class PeftByName(PeftLibraryMethod):
                 f"{', '.join(PROMPT_LEARNING_TASK_TYPES.values())}; on this task: lora, ia3, adapter or another weight method"
             )
         # peft's own rule (PeftModel._prefix_tuning_forward): a classification head's forward must
-        # take past_key_values. Generation heads get them through generate's cache path.
+        # take past_key_values, which transformers 5 renamed `cache`. The causal-LM and seq2seq
+        # paths pass them anyway, and transformers' deprecation shim maps them (tests/test_generation.py).
         takes_cache = "past_key_values" in inspect.signature(model.forward).parameters
         if self.cfg.peft_config == "PrefixTuningConfig" and kind == "SEQ_CLS" and not takes_cache:
             raise ConfigError(
