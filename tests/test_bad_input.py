@@ -54,8 +54,8 @@ CONFIG_ROWS = [
     ("+model.foo=1", "model.foo: unknown config key; allowed: name, name_or_path"),
     ("model=hub", "model.name_or_path: a value is required here"),
     # peft
-    ("peft=lorra", "peft=lorra is not an option; allowed: adalora, adapter, full"),
-    ("peft=", "peft= is not an option; allowed: adalora, adapter, full"),
+    ("peft=lorra", "peft=lorra is not an option; allowed: adalora, adapter, bitfit, dora, full"),
+    ("peft=", "peft= is not an option; allowed: adalora, adapter, bitfit, dora, full"),
     ("~peft", "peft: none chosen; allowed: peft=NAME with a NAME from conf/peft/"),
     ("peft=null", "Config group override must be a string or a list"),
     ("peft.rr=4", "peft.rr: unknown config key"),

@@ -91,6 +91,12 @@ def test_methods_the_model_cannot_take_are_refused(overrides, task, message):
         applied("tiny-llama", *overrides, task=task)
 
 
+def test_lokr_on_gpt2_conv1d_is_refused_as_peft_refuses_it():
+    # peft 0.21's LoKr adapts Linear and Conv layers only; DoRA, LoRA, VeRA take GPT-2's Conv1D.
+    with pytest.raises(ConfigError, match=r"peft cannot apply lokr to this model: Target module of type .*Conv1D.* not supported"):
+        applied("tiny-gpt2", "peft=lokr")
+
+
 @pytest.mark.parametrize(("task", "overrides"), [("conll2003", []), ("squad", ["task.max_length=128", "task.doc_stride=32"])])
 def test_prompt_learning_is_refused_on_tasks_peft_cannot_prompt(task, overrides):
     with pytest.raises(ConfigError, match=r"is not supported by peft on this bert Bert\w+; allowed tasks: sequence classification, generation"):

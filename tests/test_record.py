@@ -35,7 +35,10 @@ def test_training_records_what_ran(tmp_path, sst2_available):
     run = train_tiny(tmp_path / "lora", "peft=lora", "rank=8", "peft.r=4", "peft.target_modules=[query,value]")
     saved = RunRecord.read(tmp_path / "lora")
     assert saved == run.record and saved.format == FORMAT
-    assert saved.method == MethodRecord("lora", "lora-r4", {"r": 4, "alpha": 16.0, "dropout": 0.1, "target_modules": ["query", "value"]})
+    assert saved.method == MethodRecord("lora", "lora-r4", {
+        "r": 4, "alpha": 16.0, "dropout": 0.1, "use_dora": False, "use_rslora": False, "init": "default",
+        "loraplus_lr_ratio": None, "quantize": None, "target_modules": ["query", "value"],
+    })  # fmt: skip
     assert saved.model == ModelIdentity("tiny-bert", "bert", "random BertConfig")
     data = json.loads((tmp_path / "lora" / METRICS_FILE).read_text())
     assert "rank" not in data and "alpha" not in data  # the shortcuts are not what ran
