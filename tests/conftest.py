@@ -44,6 +44,18 @@ def train_tiny(run_dir: Path, *overrides: str):
     return train(validate(raw), raw, run_dir)
 
 
+def one_line_failure(run_dir: Path, *overrides: str) -> str:
+    """A mistake found once the run starts, in this process: the PeftlabError whose message is the
+    line train.py prints (its exit and stderr are tested for one row of each kind in
+    tests/test_bad_input.py); no finished run is left."""
+    from peftlab.errors import PeftlabError
+
+    with pytest.raises(PeftlabError) as caught:
+        train_tiny(run_dir, *overrides)
+    assert "\n" not in str(caught.value) and not (run_dir / "metrics.json").exists()
+    return str(caught.value)
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python train.py ARGS` as a user runs it."""
     return run_command([str(ROOT / "train.py"), *args], cwd=cwd, timeout=timeout, env=env)

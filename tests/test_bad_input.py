@@ -124,9 +124,8 @@ def test_config_mistakes_are_one_line_fast_and_write_nothing(tmp_path, overrides
 
 # (id, overrides, what the error line says) -- caught once the data or the model is known.
 # {files} is a folder of broken data files made by the `files` fixture. The rows in PROCESS run as
-# real `python train.py` processes (one of each way an error surfaces: before the trainer, inside
-# Lightning's fit, from the data, from the model); the others in this process, raising the same
-# PeftlabError the command line prints.
+# real `python train.py` processes (an error before the trainer is built, and one inside Lightning's
+# fit); the others in this process, raising the same PeftlabError the command line prints.
 RUNTIME_ROWS = [
     ("no-gpu", ["trainer=gpu"], "trainer.accelerator=gpu, but torch"),
     ("lightning-refuses", ["trainer.strategy=bogus"], "trainer: You selected an invalid strategy name"),
@@ -182,7 +181,7 @@ RUNTIME_ROWS = [
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]
-PROCESS = {"no-gpu", "csv-not-utf8", "lora-targets-nothing", "diverges"}
+PROCESS = {"no-gpu", "diverges"}  # before the trainer is built, and inside Lightning's fit
 
 
 @pytest.fixture(scope="module")
