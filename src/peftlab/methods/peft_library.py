@@ -182,7 +182,9 @@ class PeftByName(PeftLibraryMethod):
             )
         # peft's own rule (PeftModel._prefix_tuning_forward): a classification head's forward must
         # take past_key_values, which transformers 5 renamed `cache`. The causal-LM and seq2seq
-        # paths pass them anyway, and transformers' deprecation shim maps them (tests/test_generation.py).
+        # paths pass them anyway, and transformers' deprecation shim maps them in training's forward.
+        # KNOWN GAP: inside generate, transformers also passes its own `cache` and warns that it
+        # ignores peft's past_key_values, so generated answers may not see the prefix (the loss does).
         takes_cache = "past_key_values" in inspect.signature(model.forward).parameters
         if self.cfg.peft_config == "PrefixTuningConfig" and kind == "SEQ_CLS" and not takes_cache:
             raise ConfigError(
