@@ -93,8 +93,12 @@ class PeftLibraryMethod(Method):
         except (ValueError, TypeError) as err:  # peft's own checks of the config against the model, or option types
             raise ConfigError(f"peft cannot apply {self.cfg.name} to this model: {first_line(err)}") from None
 
+    def prompt_learning(self) -> bool:
+        """Prefix tuning, prompt tuning, P-tuning: virtual tokens instead of changed weights."""
+        return False
+
     def merged(self, model):
-        if getattr(model, "active_peft_config", None) is not None and model.active_peft_config.is_prompt_learning:
+        if self.prompt_learning():
             raise ConfigError(
                 f"--merge: peft={self.cfg.name} prepends virtual tokens, which no weight of the model can hold; "
                 "export without --merge and load the adapter with peft: PeftModel.from_pretrained(base, EXPORT/adapter)"
@@ -147,7 +151,6 @@ class PeftByName(PeftLibraryMethod):
         return getattr(peft, self.cfg.peft_config, None)
 
     def prompt_learning(self) -> bool:
-        """Prefix tuning, prompt tuning, P-tuning: virtual tokens instead of changed weights."""
         import peft
 
         config_class = self.peft_config_class()
