@@ -102,6 +102,7 @@ CONFIG_ROWS = [
     ("hydra.run.dir=", "hydra.run.dir=. is the working directory; allowed: a folder of its own"),
     ("-m rank=4,8 hydra.sweep.dir=sw hydra.sweep.subdir=x", "jobs 0 and 1 would share the run folder sw/x"),
     ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported"),
+    ("resume=true", "resume=true: no interrupted run of this config with a checkpoint under runs/sst2/minilm/lora-r8-s42/"),
     ("hydra/launcher=joblib", "hydra/launcher=joblib is not an option here (a Hydra plugin that is not installed?)"),
     # logger
     ("logger=tensorboard", "logger=tensorboard is not an option; allowed: csv, wandb"),

@@ -87,6 +87,9 @@ def test_every_mergeable_method_folds_into_the_weights(tmp_path, method):
     from transformers import AutoModelForSequenceClassification
 
     run = train_tiny(tmp_path / "run", f"peft={method}", "trainer.max_steps=4")
+    latency = run.record.latency  # the record times inference with the method's modules and merged
+    assert (latency.examples, latency.batch_size, latency.device) == (4, 1, "cpu")
+    assert latency.unmerged_ms > 0 and latency.merged_ms > 0
     out = export_run(tmp_path / "run", merge=True, out=tmp_path / "merged")
     merged = AutoModelForSequenceClassification.from_pretrained(out).eval()
     assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())  # a plain BERT
@@ -99,7 +102,8 @@ def test_every_mergeable_method_folds_into_the_weights(tmp_path, method):
     (["peft=prompt_tuning", "task.max_length=64"], r"--merge: peft=prompt_tuning prepends virtual tokens, which no weight of the model can hold; export without --merge and load the adapter with peft: PeftModel.from_pretrained"),
 ])  # fmt: skip
 def test_methods_that_cannot_merge_are_refused_and_nothing_is_written(tmp_path, overrides, message):
-    train_tiny(tmp_path / "run", *overrides, "trainer.max_steps=2")
+    run = train_tiny(tmp_path / "run", *overrides, "trainer.max_steps=2")
+    assert run.record.latency.unmerged_ms > 0 and run.record.latency.merged_ms is None  # nothing to merge: not timed
     with pytest.raises(ConfigError, match=message):
         export_run(tmp_path / "run", merge=True)
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if "export" in p.name) == []

@@ -30,7 +30,8 @@ TOTAL = 22_713_602
 
 
 def write_run(folder: Path, method: str, seed: int, accuracy: float, *, model: str = "minilm", with_eval: bool = True,
-              trainable: int = 1000, peak: float = 1000.0, time: float = 10.0, sps: float = 50.0, bytes: int = 1000) -> Path:
+              trainable: int = 1000, peak: float = 1000.0, time: float = 10.0, sps: float = 50.0, bytes: int = 1000,
+              latency: dict | None = None) -> Path:
     folder.mkdir(parents=True)
     metrics = {
         "status": "finished", "model": model, "method": method, "task": "sst2", "seed": seed, "rank": 8,
@@ -44,6 +45,7 @@ def write_run(folder: Path, method: str, seed: int, accuracy: float, *, model: s
         "memory": {"peak_mb": peak, "kind": "cpu_peak_rss"},
         "weights": {"dir": "weights", "bytes": bytes},
         "versions": {},
+        **({"latency": latency} if latency else {}),
     }
     (folder / "metrics.json").write_text(json.dumps(metrics))
     if with_eval:
@@ -315,3 +317,23 @@ def test_generation_tasks_join_the_methods_by_tasks_table(project, tmp_path):
     md = (tmp_path / "out" / "suite.md").read_text().splitlines()
     assert md[0] == "| Method | Trainable | dialogsum ROUGE-L (%) ↑ | tinyshakespeare Perplexity ↓ |"
     assert md[2:4] == ["| lora | 1.0k | **31.00 ± 1.41** | **21.00 ± 1.41** |", "| zero_shot | 1.0k | 20.00 ± 0.00 | 40.00 ± 0.00 |"]
+
+
+def test_latency_columns_unmerged_and_merged(project, tmp_path):
+    """Runs that timed inference get two columns; a method that cannot merge shows a dash, never bold."""
+    runs = tmp_path / "latency"
+    timings = {"lora": (4.0, 3.0), "adapter": (5.0, None), "full": (3.5, 3.5)}
+    for method, (unmerged, merged) in timings.items():
+        for seed in (1, 2):
+            write_run(runs / f"{method}-s{seed}", method, seed, 0.8 + seed / 100,
+                      latency={"examples": 32, "batch_size": 1, "unmerged_ms": unmerged + seed / 10, "merged_ms": merged, "device": "cpu"})
+    run(["--runs-dir", str(runs), "--methods", "full", "lora", "adapter", "--seeds", "1", "2", "--baseline", "full", "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "table.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    assert header.endswith("| Latency (ms) | Merged (ms) |")
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[-3:-1]] for line in md.splitlines() if line.startswith("| ") and "-s" not in line}
+    assert cells["full"] == ["**3.65**", "3.50"] and cells["lora"] == ["4.15", "**3.00**"] and cells["adapter"] == ["5.15", "–"]
+    rows = {r["method"]: r for r in csv.DictReader((tmp_path / "out" / "table.csv").open())}
+    assert float(rows["lora"]["merged_latency_ms"]) == 3.0 and rows["adapter"]["merged_latency_ms"] == ""
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["methods"]["adapter"]["merged_latency_ms"] is None and summary["methods"]["lora"]["latency_ms"]["mean"] == pytest.approx(4.15)

@@ -106,7 +106,7 @@ BAD = {
     "unknown distribution": ("method: random\nmetric: {name: val/loss}\nparameters:\n  lr: {distribution: gaussian, mu: 0, sigma: 1}\n",
                              r"sweep\.yaml: parameters\.lr\.distribution: distribution=gaussian is not a W&B distribution; allowed: constant, categorical, .*q_beta$"),
     "not a config key": ("method: random\nmetric: {name: val/loss}\nparameters:\n  rnk: {values: [4, 8]}\n",
-                         r"sweep\.yaml: parameters\.rnk: rnk is not a key of the composed config .*; allowed: alpha, data_dir, logger, lr, model, peft, rank, seed, task, trainer$"),
+                         r"sweep\.yaml: parameters\.rnk: rnk is not a key of the composed config .*; allowed: alpha, data_dir, logger, lr, model, peft, rank, resume, seed, task, trainer$"),
     "not a key of the method": ("method: random\nmetric: {name: val/loss}\nparameters:\n  peft: {value: adalora}\n  peft.init_rr: {values: [8]}\n",
                                 r"sweep\.yaml: parameters\.peft\.init_rr: peft\.init_rr is not a key of the composed config \(with peft=adalora\); allowed: .*peft\.init_r, "),
     "min > max": ("method: random\nmetric: {name: val/loss}\nparameters:\n  lr: {distribution: log_uniform_values, min: 0.1, max: 0.001}\n",

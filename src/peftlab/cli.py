@@ -70,19 +70,57 @@ def sweep_jobs(overrides: list[str]) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def preflight(conf_dir: Path, argv: list[str], config_name: str) -> None:
+def preflight(conf_dir: Path, argv: list[str], config_name: str) -> list[str]:
     """What can be checked before Hydra starts a job, in well under a second: the config of every
     job (each combination of a -m sweep), Hydra's own overrides, and the run folders named by
     hydra.run.dir or hydra.sweep.dir: not a file, not the project itself, not holding a finished
-    run, not held by a live run, not shared by two jobs (all before Hydra writes .hydra/ into them)."""
+    run, not held by a live run, not shared by two jobs (all before Hydra writes .hydra/ into them).
+    Returns the arguments Hydra gets: `resume=true` becomes the folder it continues."""
     user, hydra = split_overrides(argv)
     multirun = bool({"-m", "--multirun"} & set(argv))
     jobs = sweep_jobs(user) if multirun else [user]
     for job in jobs:
         check_budget(conf_dir, job, config_name)
         validate(compose_config(conf_dir, job, config_name))
+    if not {"--cfg", "-c"} & set(argv):
+        argv = plan_resume(conf_dir, argv, config_name, multirun)
+        user, hydra = split_overrides(argv)
+        jobs = jobs if multirun else [user]
     if not hydra:
-        return
+        return argv
+    check_hydra_overrides(conf_dir, argv, config_name, jobs, hydra, multirun)
+    return argv
+
+
+def plan_resume(conf_dir: Path, argv: list[str], config_name: str, multirun: bool) -> list[str]:
+    """`resume=true` or `resume=<folder>`: the interrupted run's folder, checked (a checkpoint, the
+    same config), then named to Hydra as this run's folder, so the run continues where it was."""
+    import yaml
+
+    from peftlab.resume import hydra_value, resume_folder
+
+    user, hydra = split_overrides(argv)
+    if multirun:
+        if any(a.startswith("resume=") and a not in ("resume=false", "resume=False") for a in user):
+            raise ConfigError("resume= continues one run, not a -m sweep's jobs; resume each interrupted job by its "
+                              "folder (python train.py ... resume=<run folder>), or use sweep.py, which resumes a study")  # fmt: skip
+        return argv
+    cfg = compose_config(conf_dir, user, config_name)
+    if cfg.get("resume") in (False, None):
+        return argv
+    explicit = None
+    if any(a.startswith("hydra.run.dir=") for a in hydra):
+        explicit = _job_folder(compose_config(conf_dir, user + hydra, config_name, with_hydra=True), multirun=False)
+    default_dir = _job_folder(compose_config(conf_dir, user, config_name, with_hydra=True), multirun=False)
+    now = yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True))
+    folder = resume_folder(cfg.resume, default_dir, explicit, now)
+    argv = [a for a in argv if not a.startswith("resume=")] + [f"resume={hydra_value(folder)}"]
+    if explicit is None:
+        argv.append(f"hydra.run.dir={hydra_value(folder)}")
+    return argv
+
+
+def check_hydra_overrides(conf_dir: Path, argv: list[str], config_name: str, jobs: list[list[str]], hydra: list[str], multirun: bool) -> None:
     compose_config(conf_dir, jobs[0] + hydra, config_name, with_hydra=True)  # Hydra's own keys
     if any(a in ("hydra.job.chdir=true", "hydra.job.chdir=True") for a in hydra):
         raise ConfigError("hydra.job.chdir=true is not supported: peftlab reads data relative to where you start it and "
@@ -214,7 +252,7 @@ def entrypoint(conf_dir: Path, config_name: str = "config") -> Callable:
                 fail(ConfigError(f"{' and '.join(modes)} cannot go together; give one of {', '.join(f[0] for f in HYDRA_MODES)}"))
             if not SKIP_PREFLIGHT.intersection(argv):
                 try:
-                    preflight(conf_dir, argv, config_name)
+                    sys.argv[1:] = preflight(conf_dir, argv, config_name)
                 except PeftlabError as err:
                     fail(err)
             return hydra.main(config_path=str(conf_dir.resolve()), config_name=config_name, version_base="1.3")(hydra_task)()

@@ -86,6 +86,8 @@ class TrainerConfig:
     threads: Optional[int] = None  # torch CPU threads; null = torch's default
     deterministic: bool = True  # same seed -> same metrics (on CPU)
     progress_bar: bool = True
+    latency_examples: int = 32  # validation examples timed one at a time, unmerged and merged, for the record; 0 = none
+    checkpoint_every: Optional[int] = None  # write a resumable checkpoint of what trains every N optimizer steps; null = none
 
     def __post_init__(self) -> None:
         require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
@@ -109,6 +111,9 @@ class TrainerConfig:
         require(0 <= self.warmup_ratio < 1, "trainer.warmup_ratio", self.warmup_ratio, "it must be in [0, 1)")
         require(0 <= self.weight_decay < math.inf, "trainer.weight_decay", self.weight_decay, "it must be >= 0 and finite")
         require(self.num_workers >= 0, "trainer.num_workers", self.num_workers, "it must be >= 0")
+        require(self.latency_examples >= 0, "trainer.latency_examples", self.latency_examples, "it must be >= 0 (0: not measured)")
+        require(self.checkpoint_every is None or self.checkpoint_every >= 1, "trainer.checkpoint_every",
+                self.checkpoint_every, "it must be >= 1 optimizer steps, or null for no checkpoints")  # fmt: skip
         v = self.val_check_interval
         require(
             v is None or (isinstance(v, int) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
@@ -147,9 +152,13 @@ class Config:
     lr: float = II("peft.lr")  # defaults to the method's own learning rate
     seed: int = 42
     data_dir: str = "data"  # filled by `dvc pull`
+    resume: Any = False  # true: continue the newest interrupted run of this config from its checkpoint; or a run folder
 
     def __post_init__(self) -> None:
         check_shortcuts(self.rank, self.alpha)
+        r = self.resume
+        require(isinstance(r, bool) or (isinstance(r, str) and r.strip() != ""), "resume", r,
+                "allowed: false, true (the newest interrupted run of this config), or a run folder")  # fmt: skip
         require(0 < self.lr < math.inf, "lr", self.lr, "it must be > 0 and finite")
         require(0 <= self.seed <= MAX_SEED, "seed", self.seed, f"it must be in [0, {MAX_SEED}] (numpy's seed range)")
 

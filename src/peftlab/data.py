@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Iterator
+from typing import Callable, Iterator
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 from peftlab.budget import batches_per_epoch
@@ -30,6 +31,13 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
         # Lightning's set_epoch reaches samplers, not batch samplers: count passes here instead, so
         # every epoch gets a new order, the same one for a given seed.
         self.passes = 0
+        self.skip = 0  # batches of the next pass already trained on before a resume
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """Continue a pass that was interrupted after `batches_done` of epoch `epoch`'s batches."""
+        if batches_done >= len(self):  # the checkpoint closed that epoch: the next one starts afresh
+            epoch, batches_done = epoch + 1, 0
+        self.passes, self.skip = epoch, batches_done
 
     def __len__(self) -> int:
         return batches_per_epoch(len(self.lengths), self.batch_size, self.world)
@@ -48,13 +56,32 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             chunk = sorted(mine[start : start + pool], key=self.lengths.__getitem__)
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
         rng.shuffle(batches)
-        return iter(batches)
+        skip, self.skip = self.skip, 0
+        return iter(batches[skip:])
 
 
 def eval_batches(lengths: list[int], batch_size: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """Length-sorted batches of this rank's share; no example is repeated or dropped across ranks."""
     mine = sorted(range(len(lengths)), key=lengths.__getitem__)[rank::world]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+class ResumableLoader(DataLoader):
+    """The training loader, stateful the way Lightning's fit loop asks (`state_dict` /
+    `load_state_dict`): its state is the epoch and the batches the trainer has consumed of it, so a
+    resumed run gets exactly the batches the interrupted one had not reached. The count comes from
+    Lightning's own progress, not from the iterator, which its prefetching runs one batch ahead of."""
+
+    def __init__(self, *args, consumed: Callable[[], tuple[int, int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.consumed = consumed
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, batches = self.consumed()
+        return {"epoch": epoch, "batches_done": batches}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.batch_sampler.resume_at(state["epoch"], state["batches_done"])
 
 
 class TaskDataModule(L.LightningDataModule):
@@ -78,14 +105,23 @@ class TaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
-    def _loader(self, split: str, batch_sampler) -> DataLoader:
-        return DataLoader(
+    def _loader(self, split: str, batch_sampler, loader=DataLoader, **extra) -> DataLoader:
+        return loader(
             self.splits[split],
             batch_sampler=batch_sampler,
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            # Each new iterator draws a seed for its workers; from its own generator, not torch's,
+            # so where loaders start (an epoch, a validation) does not move dropout's random stream,
+            # and a resumed run's stream is the interrupted one's.
+            generator=torch.Generator().manual_seed(self.seed),
+            **extra,
         )
+
+    def _consumed(self) -> tuple[int, int]:
+        """(epoch, batches of it trained on), read from the trainer when it writes a checkpoint."""
+        return self.trainer.current_epoch, self.trainer.fit_loop.epoch_loop.batch_progress.current.ready
 
     def lengths(self, split: str) -> list[int]:
         return [len(example["input_ids"]) for example in self.splits[split]]
@@ -93,7 +129,7 @@ class TaskDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         sampler = LengthGroupedBatchSampler(self.lengths("train"), self.batch_size, self.seed, rank, world)
-        return self._loader("train", sampler)
+        return self._loader("train", sampler, ResumableLoader, consumed=self._consumed)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import lightning as L
 import torch
 
 from peftlab.architectures import NO_DECAY
 from peftlab.config import TrainerConfig
-from peftlab.errors import TrainingError
+from peftlab.errors import ConfigError, TrainingError
 from peftlab.methods import Method
 from peftlab.scoring import Scorer
 from peftlab.tasks import Task
@@ -25,6 +27,45 @@ class PeftModule(L.LightningModule):
         self.train_tokens = 0  # and of their real (not padding) tokens
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (global step, metrics)
         self.last_predictions: list[dict] | None = None  # what a generation task's last evaluation wrote
+        # Resumable checkpoints hold only what trains (see on_save_checkpoint): the frozen base is
+        # rebuilt from the model, so loading one must not ask for its weights.
+        self.strict_loading = False
+        self.train_time_before = 0.0  # seconds trained by the interrupted run(s) this one resumes
+        self._fit_started: float | None = None
+        self._resumed_rng: dict | None = None  # RNG states to restore before the first resumed step
+
+    def on_train_start(self):
+        self._fit_started = time.perf_counter()
+
+    def on_train_batch_start(self, batch, batch_idx):
+        # Restored here, not on load: building the data iterator after the load draws from torch's
+        # generator, where the interrupted run drew at its epoch's start.
+        if self._resumed_rng is not None:
+            set_rng_states(self._resumed_rng)
+            self._resumed_rng = None
+
+    def trainable_names(self) -> set[str]:
+        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def on_save_checkpoint(self, checkpoint):
+        trainable = self.trainable_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+        checkpoint["peftlab"] = {
+            "train_samples": self.train_samples,
+            "train_tokens": self.train_tokens,
+            "train_time_s": self.train_time_before + (time.perf_counter() - (self._fit_started or time.perf_counter())),
+            "last_eval": self.last_eval,
+            "rng": rng_states(),
+            "method": self.method.resume_state(self.model),
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        check_same_weights(checkpoint["state_dict"], {f"model.{n}": p for n, p in self.model.named_parameters() if p.requires_grad})
+        state = checkpoint["peftlab"]
+        self.train_samples, self.train_tokens = state["train_samples"], state["train_tokens"]
+        self.train_time_before, self.last_eval = state["train_time_s"], state["last_eval"]
+        self._resumed_rng = state["rng"]
+        self.method.load_resume_state(self.model, state["method"])
 
     def training_step(self, batch, batch_idx):
         # The model computes the loss itself, so method-specific terms (AdaLoRA's orthogonal
@@ -61,6 +102,44 @@ class PeftModule(L.LightningModule):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Gradients are zeroed only when the next step starts, so they are still here.
         self.method.after_optimizer_step(self.model, self.global_step)
+
+
+def rng_states() -> dict:
+    """Every generator a step draws from (dropout, shuffles), as a resumable checkpoint keeps them."""
+    import random
+
+    import numpy as np
+
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+
+    torch.set_rng_state(states["torch"])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def check_same_weights(saved: dict, trainable: dict) -> None:
+    """A checkpoint must hold exactly the weights this run trains, at their shapes; otherwise it
+    was written by another method, rank or model."""
+    missing, unexpected = sorted(trainable.keys() - saved.keys()), sorted(saved.keys() - trainable.keys())
+    reshaped = sorted(k for k in saved.keys() & trainable.keys() if tuple(saved[k].shape) != tuple(trainable[k].shape))
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0].removeprefix("model.")
+        raise ConfigError(
+            f"resume: the checkpoint was written by another config: it holds {len(saved)} trained tensors, this run trains "
+            f"{len(trainable)} ({len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape, "
+            f"e.g. {first}); allowed: the same model, method and settings as the run that wrote it, or resume=false"
+        )
 
 
 def diverged(loss: float, step: int, total_steps: int, lr: float, t: TrainerConfig) -> str:

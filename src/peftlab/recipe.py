@@ -9,6 +9,7 @@ import contextlib
 import os
 import platform
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab import __version__
 from peftlab.budget import batches_per_epoch, check_val_check_interval, planned_steps
+from peftlab.checkpoint import TrainableCheckpoint, checkpoint_path
 from peftlab.config import Config, TrainerConfig
 from peftlab.data import TaskDataModule
+from peftlab.latency import measure as measure_latency
 from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
@@ -61,6 +64,9 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         torch.set_num_threads(cfg.trainer.threads)
     quiet_libraries()
     check_devices(cfg.trainer)
+    resume_from = checkpoint_to_resume(cfg, run_dir)
+    if cfg.trainer.checkpoint_every:
+        callbacks = [*callbacks, TrainableCheckpoint(run_dir, cfg.trainer.checkpoint_every)]
     trainer = build_trainer(cfg, run_dir, OmegaConf.to_container(raw, resolve=True), list(callbacks))
 
     # Rank 0 owns the folder (Lightning's DDP ranks rerun this command and share it).
@@ -99,8 +105,9 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             _reset_peak_memory()
             start = time.perf_counter()
             if method.trains:  # zero-shot: the model is scored as loaded
-                trainer.fit(module, datamodule=data)
-            train_time = time.perf_counter() - start
+                # Our own checkpoint, in this run's folder: loading it whole (RNG states) is safe.
+                trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False if resume_from else None)
+            train_time = time.perf_counter() - start + module.train_time_before
             samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
             tokens = int(trainer.strategy.reduce(torch.as_tensor(module.train_tokens, dtype=torch.float64), reduce_op="sum"))
 
@@ -111,6 +118,10 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                 return TrainedRun(None, module.model)
 
             method.save(module.model, run_dir / WEIGHTS_DIR)
+            latency = None
+            if cfg.trainer.latency_examples:  # batch-1 inference, with the method's modules and merged
+                latency = measure_latency(module.model, method, task, data.splits["validation"], data.collate,
+                                          cfg.trainer.latency_examples, trainer.precision_plugin)  # fmt: skip
             if module.last_predictions is not None:  # a generation task's answers, for a reader
                 write_predictions(run_dir, "validation", module.last_predictions)
             record = RunRecord(
@@ -137,10 +148,25 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                 memory=Memory(**_peak_memory(trainer)),
                 weights=Weights(folder_bytes(run_dir / WEIGHTS_DIR), WEIGHTS_DIR),
                 versions=_versions(),
+                latency=latency,
             )
             summary.update(record.to_json())  # the loggers' run summary (W&B) holds the same
             record.write(run_dir)  # last: its presence marks a finished run
+            shutil.rmtree(checkpoint_path(run_dir).parent, ignore_errors=True)  # finished: nothing to resume
     return TrainedRun(record, module.model)
+
+
+def checkpoint_to_resume(cfg: Config, run_dir: Path) -> Optional[Path]:
+    """The checkpoint a `resume` run continues from (train.py has already moved it into that run's folder)."""
+    if cfg.resume is False:
+        return None
+    if isinstance(cfg.resume, str) and Path(cfg.resume).resolve() != run_dir.resolve():
+        raise ConfigError(f"resume={cfg.resume}: a resumed run continues in its own folder, not in {run_dir}")
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        raise ConfigError(f"resume: {run_dir} holds no checkpoint ({path.relative_to(run_dir)}); a run writes one only "
+                          "with trainer.checkpoint_every=N; allowed: resume=false")  # fmt: skip
+    return path
 
 
 def check_devices(t: TrainerConfig) -> None:

@@ -80,6 +80,17 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Latency:
+    """Inference at batch 1 on the first validation examples (peftlab.latency): the median forward pass."""
+
+    examples: int
+    batch_size: int
+    unmerged_ms: float  # with the method's modules, as trained
+    merged_ms: Optional[float]  # folded into the base weights; None for a method that cannot merge
+    device: str
+
+
+@dataclass(frozen=True)
 class RunRecord:
     task: str
     model: ModelIdentity
@@ -94,6 +105,7 @@ class RunRecord:
     memory: Memory
     weights: Weights
     versions: dict[str, str] = field(default_factory=dict)
+    latency: Optional[Latency] = None  # None: not measured (trainer.latency_examples=0, or an older record)
     status: str = "finished"
     format: int = FORMAT
 
@@ -177,9 +189,18 @@ class RunRecord:
             memory=Memory(memory.number("peak_mb"), memory.text("kind", None)),
             weights=Weights(weights.integer("bytes"), weights.text("dir", "weights")),
             versions=get.mapping("versions", {}),
+            latency=_latency(get),
             status=get.text("status"),
             format=FORMAT,
         )
+
+
+def _latency(get: _Fields) -> Optional[Latency]:
+    if get.mapping("latency", None) is None:
+        return None
+    lat = get.inner("latency")
+    return Latency(lat.integer("examples"), lat.integer("batch_size"), lat.number("unmerged_ms"),
+                   lat.number("merged_ms", None), lat.text("device"))  # fmt: skip
 
 
 def method_label(name: str, settings: dict[str, Any]) -> str:

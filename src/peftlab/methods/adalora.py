@@ -107,6 +107,17 @@ class AdaLora(PeftLibraryMethod):
         model = PeftModel.from_pretrained(model, str(folder), is_trainable=True)
         return model.requires_grad_(False)
 
+    def resume_state(self, model):
+        # The budget schedule's memory: sensitivity averages per matrix, and the ranks it kept.
+        allocator = model.base_model.rankallocator
+        return {"ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
+                "rank_pattern": model.peft_config[model.active_adapter].rank_pattern}  # fmt: skip
+
+    def load_resume_state(self, model, state):
+        allocator = model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"]
+        model.peft_config[model.active_adapter].rank_pattern = state["rank_pattern"]
+
     @contextlib.contextmanager
     def task_loss_only(self, model):
         # peft adds orth_reg_weight * (the regulariser) to every loss its forward returns; at 0 the

@@ -101,6 +101,14 @@ class Method:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimizer step, before gradients are zeroed (AdaLoRA re-allocates ranks here)."""
 
+    def resume_state(self, model: nn.Module) -> dict[str, Any]:
+        """What the method keeps outside the trainable weights and changes while training (AdaLoRA's
+        sensitivity averages and rank pattern), for a resumable checkpoint."""
+        return {}
+
+    def load_resume_state(self, model: nn.Module, state: dict[str, Any]) -> None:
+        """Inverse of `resume_state`, on the model the run rebuilt."""
+
     def merged(self, model: nn.Module) -> nn.Module:
         """The trained model as a plain transformers model, for `peftlab.export --merge`: methods
         that train the model's own weights (full, BitFit, linear probe) already are one. Raises

@@ -52,7 +52,20 @@ def columns(table: Table) -> list[Column]:
         Column("Throughput (samples/s)", lambda r: f"{r.samples_per_s.mean:.1f}", lambda r: round(r.samples_per_s.mean, 1), "max"),
         Column("Weights", lambda r: human_bytes(r.weights_bytes.mean), lambda r: round(r.weights_bytes.mean), "min"),
     ]
+    if any(r.latency_ms is not None for r in table.rows):  # runs that timed inference (trainer.latency_examples)
+        cols += [
+            Column("Latency (ms)", lambda r: _ms(r.latency_ms), lambda r: _ms_key(r.latency_ms), "min"),
+            Column("Merged (ms)", lambda r: _ms(r.merged_latency_ms), lambda r: _ms_key(r.merged_latency_ms), "min"),
+        ]
     return cols
+
+
+def _ms(stat: Optional[Stat]) -> str:
+    return "–" if stat is None else f"{stat.mean:.2f}"
+
+
+def _ms_key(stat: Optional[Stat]) -> Optional[float]:
+    return None if stat is None else round(stat.mean, 2)
 
 
 def best_cells(table: Table, cols: list[Column]) -> set[tuple[int, int]]:
@@ -62,7 +75,10 @@ def best_cells(table: Table, cols: list[Column]) -> set[tuple[int, int]]:
         if col.better is None or len(table.rows) < 2:
             continue
         keys = [col.key(r) for r in table.rows]
-        best = max(keys) if col.better == "max" else min(keys)
+        known = [k for k in keys if k is not None]  # a cell without a value ("–") is never the best
+        if not known:
+            continue
+        best = max(known) if col.better == "max" else min(known)
         cells |= {(i, j) for i, k in enumerate(keys) if k == best}
     return cells
 
@@ -106,6 +122,11 @@ def caption_sentences(table: Table, prov: Provenance) -> list[str]:
     else:
         several = sum(r.method == table.baseline for r in table.rows) > 1
         out.append(f"{'Several' if several else 'No'} {table.baseline} rows to test against, so no significance marks.")
+    timed = [run.record.latency for r in table.rows if r.latency_ms is not None for run in r.runs]
+    if timed:
+        where = ", ".join(sorted({f"{t.examples} examples on {t.device}" for t in timed}))
+        out.append(f"Latency: median forward pass at batch 1 over the first validation examples ({where}), with the method's "
+                   "modules and merged into the weights; – : the method cannot be merged.")  # fmt: skip
     out += [f"{r.label} lacks seed{'s' if len(r.missing_seeds) > 1 else ''} {', '.join(map(str, r.missing_seeds))}." for r in table.rows if r.missing_seeds]
     out += [f"Missing run: {m.describe()}." for m in table.missing]
     out.append(f"Git commit {prov.git_commit or 'unknown'}.")
@@ -155,7 +176,8 @@ def csv_text(table: Table) -> str:
     fields = ["method", "n", "seeds", "missing_seeds", "trainable", "total", "trainable_percent"]
     for name in table.metric_names:
         fields += [f"{name}_mean", f"{name}_std"]
-    fields += [f"p_vs_{table.baseline}", "significant", "peak_mb", "train_time_s", "samples_per_s", "weights_bytes"]
+    fields += [f"p_vs_{table.baseline}", "significant", "peak_mb", "train_time_s", "samples_per_s", "weights_bytes",
+               "latency_ms", "merged_latency_ms"]  # fmt: skip
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(fields)
@@ -164,7 +186,8 @@ def csv_text(table: Table) -> str:
                   round(r.trainable.mean), round(r.total.mean), r.trainable_percent.mean]
         for name in table.metric_names:
             values += [r.scores[name].mean, r.scores[name].std]
-        values += ["" if r.test is None else r.test.p, r.significant, r.peak_mb.mean, r.time_s.mean, r.samples_per_s.mean, round(r.weights_bytes.mean)]
+        values += ["" if r.test is None else r.test.p, r.significant, r.peak_mb.mean, r.time_s.mean, r.samples_per_s.mean, round(r.weights_bytes.mean),
+                   *("" if s is None else s.mean for s in (r.latency_ms, r.merged_latency_ms))]  # fmt: skip
         writer.writerow(values)
     return buffer.getvalue()
 
@@ -191,6 +214,8 @@ def summary(table: Table, prov: Provenance) -> dict:
             "train_time_s": r.time_s.mean,
             "samples_per_s": r.samples_per_s.mean,
             "weights_bytes": round(r.weights_bytes.mean),
+            "latency_ms": None if r.latency_ms is None else stat(r.latency_ms),
+            "merged_latency_ms": None if r.merged_latency_ms is None else stat(r.merged_latency_ms),
             "runs": [str(run.path) for run in r.runs],
             "scores_from": [run.scores_from for run in r.runs],
         }

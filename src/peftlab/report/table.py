@@ -45,6 +45,8 @@ class Row:
     time_s: Stat
     samples_per_s: Stat
     weights_bytes: Stat
+    latency_ms: Optional[Stat] = None  # batch-1 inference with the method's modules, when every run measured it
+    merged_latency_ms: Optional[Stat] = None  # and merged into the weights, for methods that merge
     missing_seeds: list[int] = field(default_factory=list)
     test: Optional[WelchResult] = None  # against the baseline, on the main metric
     significant: bool = False
@@ -132,6 +134,10 @@ def _row(label: str, runs: list[Run], metric_names: list[str]) -> Row:
     def stat(get) -> Stat:
         return Stat(tuple(float(get(r)) for r in runs))
 
+    def latency(field_name: str) -> Optional[Stat]:
+        values = [None if r.record.latency is None else getattr(r.record.latency, field_name) for r in runs]
+        return None if None in values else Stat(tuple(values))
+
     return Row(
         label=label,
         method=runs[0].method,
@@ -144,6 +150,8 @@ def _row(label: str, runs: list[Run], metric_names: list[str]) -> Row:
         time_s=stat(lambda r: r.record.train.time_s),
         samples_per_s=stat(lambda r: r.record.train.samples_per_s),
         weights_bytes=stat(lambda r: r.record.weights.bytes),
+        latency_ms=latency("unmerged_ms"),
+        merged_latency_ms=latency("merged_ms"),
     )
 
 
