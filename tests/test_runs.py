@@ -192,3 +192,40 @@ def test_progress_bar_counts_the_planned_batches(epoch_batches, max_steps, accum
     trainer = SimpleNamespace(num_training_batches=epoch_batches, max_steps=max_steps, accumulate_grad_batches=accumulate, global_step=global_step)
     with mock.patch.object(PlannedStepsProgressBar, "trainer", trainer):
         assert bar.total_train_batches == total
+
+
+@pytest.mark.parametrize("overrides", [
+    ["peft=lora"],  # frozen embeddings: the non-reentrant form needs no input that requires a gradient
+    ["peft=full", "model=tiny-llama", "task=alpaca", "task.max_train_samples=16", "task.max_eval_samples=4"],
+], ids=["lora-bert", "full-llama"])  # fmt: skip
+def test_gradient_checkpointing_recomputes_and_trains_the_same_weights(tmp_path, sst2_available, overrides):
+    import lightning as L
+    import torch
+
+    from conftest import compose
+    from peftlab.config import validate
+    from peftlab.recipe import train
+
+    class CountFirstLayerCalls(L.Callback):
+        calls = 0
+
+        def on_train_start(self, trainer, module):
+            # A module inside the first layer: transformers checkpoints the layer's forward, not its hooks.
+            layer = next(m for n, m in module.model.named_modules() if n.endswith(("layer.0", "layers.0")))
+            inner = next(layer.children())
+            self.hook = inner.register_forward_hook(lambda mod, *args: setattr(self, "calls", self.calls + mod.training))
+
+        def on_train_end(self, trainer, module):
+            self.hook.remove()
+
+    runs = {}
+    for name, switch in (("plain", "false"), ("checkpointed", "true")):
+        counter = CountFirstLayerCalls()
+        raw = compose(*TINY, *overrides, "trainer.max_steps=4", f"trainer.gradient_checkpointing={switch}")
+        runs[name] = (train(validate(raw), raw, tmp_path / name, callbacks=[counter]), counter.calls)
+    (plain, plain_calls), (ckpt, ckpt_calls) = runs["plain"], runs["checkpointed"]
+    steps = plain.record.train.steps
+    assert steps >= 2 and (plain_calls, ckpt_calls) == (steps, 2 * steps)  # checkpointed, the layer runs again in backward
+    assert ckpt.record.eval.values == plain.record.eval.values
+    a, b = dict(plain.model.named_parameters()), dict(ckpt.model.named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a)  # dropout's RNG replayed: bit for bit on CPU

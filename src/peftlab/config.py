@@ -86,6 +86,7 @@ class TrainerConfig:
     threads: Optional[int] = None  # torch CPU threads; null = torch's default
     deterministic: bool = True  # same seed -> same metrics (on CPU)
     progress_bar: bool = True
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
     latency_examples: int = 32  # validation examples timed one at a time, unmerged and merged, for the record; 0 = none
     checkpoint_every: Optional[int] = None  # write a resumable checkpoint of what trains every N optimizer steps; null = none
 

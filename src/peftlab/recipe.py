@@ -88,6 +88,8 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
 
         with status(cfg, f"Loading {cfg.model.name} and adding {cfg.peft.name}"):
             model = load_model(cfg.model, task, **method.load_options())
+            if cfg.trainer.gradient_checkpointing:
+                enable_gradient_checkpointing(model, cfg.model.name)
             arch = architecture_of(model, cfg.model.targets)  # what is adapted, what is the head
             if model.config.pad_token_id is None:  # a decoder's score head finds the last real token by it
                 model.config.pad_token_id = tokenizer.pad_token_id
@@ -167,6 +169,19 @@ def checkpoint_to_resume(cfg: Config, run_dir: Path) -> Optional[Path]:
         raise ConfigError(f"resume: {run_dir} holds no checkpoint ({path.relative_to(run_dir)}); a run writes one only "
                           "with trainer.checkpoint_every=N; allowed: resume=false")  # fmt: skip
     return path
+
+
+def enable_gradient_checkpointing(model, name: str) -> None:
+    """transformers' activation checkpointing, in its non-reentrant form: it needs no input that
+    requires a gradient (the frozen embeddings of a PEFT run give none) and replays dropout's RNG,
+    so a step computes the same gradients as without it, with less memory."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ConfigError(f"trainer.gradient_checkpointing=true: {name} ({type(model).__name__}) does not support it in transformers; "
+                          "allowed: trainer.gradient_checkpointing=false")  # fmt: skip
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name for it
+        model.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def check_devices(t: TrainerConfig) -> None:
