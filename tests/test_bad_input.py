@@ -83,7 +83,7 @@ CONFIG_ROWS = [
     ("task=csv task.train_file=a.csv task.validation_file=b.csv task.labels=[0,1,1]", "task.labels=['0', '1', '1'] is out of range; give at least 2 distinct labels"),
     ("task=csv task.train_file=a.csv task.validation_file=b.csv task.labels=[]", "task.labels=[] is out of range; give at least 2 distinct labels"),
     # trainer
-    ("trainer=tpu", "trainer=tpu is not an option; allowed: cpu, ddp, gpu"),
+    ("trainer=tpu", "trainer=tpu is not an option; allowed: cpu, ddp, deepspeed, deepspeed_zero3, fsdp, gpu"),
     ("trainer.precision=fp8", "trainer.precision=fp8 is not an option; allowed: 32-true, bf16-mixed"),
     ("trainer.devices=0", "trainer.devices=0 is out of range; allowed: an integer >= 1"),
     ("trainer.devices=many", "trainer.devices=many is out of range"),
@@ -102,6 +102,8 @@ CONFIG_ROWS = [
     ("hydra.run.dir=", "hydra.run.dir=. is the working directory; allowed: a folder of its own"),
     ("-m rank=4,8 hydra.sweep.dir=sw hydra.sweep.subdir=x", "jobs 0 and 1 would share the run folder sw/x"),
     ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported"),
+    ("trainer=deepspeed", "trainer.strategy=deepspeed_stage_2 needs the deepspeed package, which is not installed: pip install deepspeed"),
+    ("trainer=fsdp trainer.accelerator=cpu", "trainer.strategy=fsdp shards the model over CUDA GPUs, and Lightning runs it on nothing else"),
     ("resume=true", "resume=true: no interrupted run of this config with a checkpoint under runs/sst2/minilm/lora-r8-s42/"),
     ("hydra/launcher=joblib", "hydra/launcher=joblib is not an option here (a Hydra plugin that is not installed?)"),
     # logger

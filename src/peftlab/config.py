@@ -24,6 +24,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError, require, require_choice
+from peftlab.sharding import check_strategy
 
 PATH_PREFIXES = ("/", "./", "../", "~")
 GGUF_SUFFIX = ".gguf"  # llama.cpp checkpoints, read through transformers (peftlab.gguf_cache)
@@ -105,6 +106,7 @@ class TrainerConfig:
         require(not (d == -1 and self.accelerator == "cpu"), "trainer.devices", d,
                 "-1 (all GPUs) needs trainer.accelerator=gpu; on CPU give the number of processes")  # fmt: skip
         require_choice("trainer.precision", self.precision, PRECISIONS)
+        check_strategy(self.strategy, self.accelerator)
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
         require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps, "it must be -1 or >= 1")

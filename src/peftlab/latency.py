@@ -10,10 +10,12 @@ depends on how long each method's answers are.
 from __future__ import annotations
 
 import copy
+import os
 import statistics
 import time
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from peftlab.errors import ConfigError
 from peftlab.record import Latency
@@ -38,6 +40,19 @@ def median_ms(model, batches: list[dict], device: torch.device, context) -> floa
     return round(1000 * statistics.median(times), 3)
 
 
+def fits_twice(model, device: torch.device) -> bool:
+    """Whether a second copy of the model fits in the device's free memory, with a margin."""
+    size = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):  # not a POSIX system that reports it
+            return True
+    return 1.5 * size < free
+
+
 def measure(model, method, task, examples: list[dict], collate, n: int, precision) -> Latency:
     """Latency on the first `n` of `examples` (encoded); leaves `model` as it was."""
     config = model.config
@@ -53,10 +68,16 @@ def measure(model, method, task, examples: list[dict], collate, n: int, precisio
     model.eval()
     try:
         unmerged = median_ms(model, requests, device, precision.forward_context)
+        merged = None
+        if not fits_twice(model, device):
+            rank_zero_warn("latency: no merged timing, a copy of the model to merge would not fit in free memory")
+            return Latency(len(requests), 1, unmerged, None, device.type)
         try:
             merged_model = method.merged(copy.deepcopy(model))  # merging folds in place: keep the run's model
         except ConfigError:  # bottleneck adapters, prefix / prompt tuning: no plain architecture holds them
-            merged = None
+            pass
+        except Exception as err:  # noqa: BLE001 -- a side measurement must not lose the finished run
+            rank_zero_warn(f"latency: no merged timing, merging a copy failed: {type(err).__name__}: {err}")
         else:
             merged = median_ms(merged_model.eval(), requests, device, precision.forward_context)
             del merged_model

@@ -12,6 +12,7 @@ from peftlab.config import TrainerConfig
 from peftlab.errors import ConfigError, TrainingError
 from peftlab.methods import Method
 from peftlab.scoring import Scorer
+from peftlab.sharding import trainable_names
 from peftlab.tasks import Task
 
 
@@ -45,7 +46,8 @@ class PeftModule(L.LightningModule):
             self._resumed_rng = None
 
     def trainable_names(self) -> set[str]:
-        return {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        """Keys of the trainable tensors in Lightning's checkpoint (this module's state dict)."""
+        return {f"model.{n}" for n in trainable_names(self.model)}
 
     def on_save_checkpoint(self, checkpoint):
         trainable = self.trainable_names()

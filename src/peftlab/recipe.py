@@ -35,6 +35,7 @@ from peftlab.architectures import architecture_of
 from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source, tell_task_the_model
 from peftlab.module import PeftModule
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
+from peftlab.sharding import build_strategy, gathered_state
 from peftlab.record import Memory, MethodRecord, ModelIdentity, Params, RunRecord, Scores, TrainStats, Weights
 from peftlab.progress import PlannedStepsProgressBar
 from peftlab.quiet import quiet_libraries
@@ -116,12 +117,14 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             # Score the final weights, unless the last validation already did.
             if module.last_eval is None or module.last_eval[0] != trainer.global_step:
                 trainer.validate(module, datamodule=data, verbose=False)
+            state = gathered_state(trainer, module.model)  # sharded runs: the whole state on rank 0, every rank helping
             if not trainer.is_global_zero:
                 return TrainedRun(None, module.model)
 
-            method.save(module.model, run_dir / WEIGHTS_DIR)
+            method.save(module.model, run_dir / WEIGHTS_DIR, state)
             latency = None
-            if cfg.trainer.latency_examples:  # batch-1 inference, with the method's modules and merged
+            # Batch-1 inference, with the method's modules and merged (not on a sharded model: rank 0 holds a slice).
+            if cfg.trainer.latency_examples and state is None:
                 latency = measure_latency(module.model, method, task, data.splits["validation"], data.collate,
                                           cfg.trainer.latency_examples, trainer.precision_plugin)  # fmt: skip
             if module.last_predictions is not None:  # a generation task's answers, for a reader
@@ -214,7 +217,7 @@ def build_trainer(cfg: Config, run_dir: Path, resolved: dict, callbacks: list[Ca
         return L.Trainer(
             accelerator=t.accelerator,
             devices=t.devices,
-            strategy=t.strategy,
+            strategy=build_strategy(t.strategy),
             num_nodes=t.num_nodes,
             precision=t.precision,
             max_epochs=t.max_epochs,

@@ -116,11 +116,17 @@ class Method:
         transformers architecture has."""
         return model
 
-    def save(self, model: nn.Module, folder: Path) -> None:
-        """Write only the trainable weights, never a copy of the frozen base."""
+    def save(self, model: nn.Module, folder: Path, state: dict[str, Any] | None = None) -> None:
+        """Write only the trainable weights, never a copy of the frozen base. `state` is the model's
+        full state dict gathered from a sharded run (peftlab.sharding); None: read the model itself."""
         from safetensors.torch import save_file
 
-        tensors = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        from peftlab.sharding import trainable_names
+
+        if state is None:
+            state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        trainable = trainable_names(model)
+        tensors = {n: t.detach().contiguous() for n, t in state.items() if n in trainable}
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"method": self.cfg.name})
 

@@ -121,11 +121,11 @@ class Lora(PeftLibraryMethod):
             model.save_pretrained(f"{self._initial.name}/initial")
         return model
 
-    def save(self, model, folder):
+    def save(self, model, folder, state=None):
         initial = getattr(self, "_initial", None)
         if initial is None:
-            return super().save(model, folder)
-        model.save_pretrained(str(folder), path_initial_model_for_weight_conversion=f"{initial.name}/initial")
+            return super().save(model, folder, state)
+        model.save_pretrained(str(folder), state_dict=state, path_initial_model_for_weight_conversion=f"{initial.name}/initial")
         # peft 0.21's conversion (LoraModel.subtract_mutated_init) keeps only lora_A / lora_B and
         # drops the trained head (modules_to_save): write it back beside the converted factors.
         from peft import get_peft_model_state_dict
@@ -133,7 +133,7 @@ class Lora(PeftLibraryMethod):
 
         path = folder / "adapter_model.safetensors"
         converted = load_file(str(path))
-        rest = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model).items() if "lora_" not in k}
+        rest = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model, state_dict=state).items() if "lora_" not in k}
         save_file({**rest, **converted}, str(path), metadata={"format": "pt"})
 
     def build_optimizer(self, model, lr, weight_decay, no_decay):

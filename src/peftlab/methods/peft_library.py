@@ -106,8 +106,8 @@ class PeftLibraryMethod(Method):
         # LoRA and its variants, AdaLoRA, VeRA, LoHa, LoKr fold W + delta into W; IA3 scales W's rows or columns.
         return model.merge_and_unload()
 
-    def save(self, model, folder: Path) -> None:
-        model.save_pretrained(str(folder))
+    def save(self, model, folder: Path, state=None) -> None:
+        model.save_pretrained(str(folder), state_dict=state)  # peft keeps the adapter's keys of a gathered state
 
     def load(self, model, folder: Path, arch):
         from peft import PeftModel
