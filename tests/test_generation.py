@@ -131,6 +131,33 @@ def test_left_padded_batched_generation_equals_one_by_one(model, family):
     assert all(len(t) >= 1 for t in together)
 
 
+@pytest.mark.parametrize("method", ["prefix_tuning", "prompt_tuning"])
+@pytest.mark.parametrize(("model", "family"), [("tiny-llama", "decoder"), ("tiny-gpt2", "decoder"), ("tiny-t5", "encoder-decoder")])
+def test_prompt_learning_generates_what_its_forward_pass_predicts(model, family, method):
+    """Every generated token's score is the model's own forward pass over the prompt and the tokens
+    so far, virtual tokens included: transformers 5's `cache` reaches peft (route_generation_cache),
+    so the prefix is not dropped and prompt tuning's tokens are not inserted twice."""
+    from peftlab.architectures import architecture_of
+    from peftlab.methods import METHODS
+
+    cfg, task, tok = task_and_tokenizer(model, "task=multi30k", f"peft={method}")
+    task.for_model(family, cfg.model.random_init["config_class"])
+    net = load_model(cfg.model, task)
+    net = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft).apply(net, architecture_of(net, cfg.model.targets), 1).eval()
+    prompt = torch.tensor([[100, 200, 300, 400, 500]])
+    mask = torch.ones_like(prompt)
+    with torch.no_grad():
+        out = net.generate(input_ids=prompt, attention_mask=mask, max_new_tokens=3, do_sample=False,
+                           output_scores=True, return_dict_in_generate=True, pad_token_id=tok.pad_token_id)  # fmt: skip
+        for step, scores in enumerate(out.scores):
+            if family == "decoder":
+                so_far = out.sequences[:, : prompt.shape[1] + step]
+                logits = net(input_ids=so_far, attention_mask=torch.ones_like(so_far)).logits[:, -1]
+            else:
+                logits = net(input_ids=prompt, attention_mask=mask, decoder_input_ids=out.sequences[:, : step + 1]).logits[:, -1]
+            torch.testing.assert_close(scores, logits, rtol=0, atol=1e-5)
+
+
 # -- every task, trained ------------------------------------------------------------------------
 TASK_RUNS = {
     # Short sequences: with a 49,152-word vocabulary the tiny models' time goes to the logits.

@@ -14,6 +14,8 @@ KNOWN_WARNINGS = (
     # (message regex, category): why it is not the user's to fix
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning),  # peft reads transformers' old property name
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),  # Lightning's pytree helper on new torch
+    # peft 0.21 hands prompt learning's cache to the model under its old name (methods/peft_library.py)
+    (r"`past_key_values` is deprecated and will be removed in version", FutureWarning),
     (r".*does not have many workers.*", UserWarning),  # in-memory token ids: worker processes do not pay on CPU
     # AdaLoRA saves its rank pattern under its own `.lora_E` names, which peft's generic check on
     # reload does not recognise; the ranks are restored all the same (reloaded scores are bit-identical)

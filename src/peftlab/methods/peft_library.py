@@ -47,6 +47,25 @@ PROMPT_LEARNING_TASK_TYPES = {"SEQ_CLS": "sequence classification", "CAUSAL_LM":
                               "SEQ_2_SEQ_LM": "generation on an encoder-decoder"}  # fmt: skip
 
 
+def route_generation_cache(model) -> None:
+    """Let peft's prompt learning see transformers 5's generation cache, under the name it reads.
+
+    transformers 5 passes the cache to `prepare_inputs_for_generation` and back as `cache`; peft
+    0.21 looks for `past_key_values` there to tell the first step from the next ones. Without this,
+    prefix tuning's trained keys and values are dropped inside generate (transformers keeps its own
+    empty cache), and prompt tuning's virtual tokens are inserted again at every step. Renaming the
+    base model's output restores peft's logic; the model's forward maps `past_key_values` back."""
+    base_prepare = model.base_model_prepare_inputs_for_generation
+
+    def prepare(*args, **kwargs):
+        inputs = base_prepare(*args, **kwargs)
+        if "cache" in inputs and "past_key_values" not in inputs:
+            inputs["past_key_values"] = inputs.pop("cache")
+        return inputs
+
+    model.base_model_prepare_inputs_for_generation = prepare
+
+
 def task_type(model) -> Optional[str]:
     """peft's task type for this model's head, or None (a bare PeftModel) for a head it has none for."""
     name = type(model).__name__
@@ -150,6 +169,17 @@ class PeftByName(PeftLibraryMethod):
 
         return getattr(peft, self.cfg.peft_config, None)
 
+    def apply(self, model, arch, total_steps):
+        return self.generation_ready(super().apply(model, arch, total_steps))
+
+    def load(self, model, folder: Path, arch):
+        return self.generation_ready(super().load(model, folder, arch))
+
+    def generation_ready(self, model):
+        if self.prompt_learning() and hasattr(model, "base_model_prepare_inputs_for_generation"):
+            route_generation_cache(model)  # a decoder's or an encoder-decoder's generate
+        return model
+
     def prompt_learning(self) -> bool:
         import peft
 
@@ -185,9 +215,8 @@ class PeftByName(PeftLibraryMethod):
             )
         # peft's own rule (PeftModel._prefix_tuning_forward): a classification head's forward must
         # take past_key_values, which transformers 5 renamed `cache`. The causal-LM and seq2seq
-        # paths pass them anyway, and transformers' deprecation shim maps them in training's forward.
-        # KNOWN GAP: inside generate, transformers also passes its own `cache` and warns that it
-        # ignores peft's past_key_values, so generated answers may not see the prefix (the loss does).
+        # paths pass them anyway, and transformers' deprecation shim maps them in the forward;
+        # inside generate, route_generation_cache gives peft the cache under the name it reads.
         takes_cache = "past_key_values" in inspect.signature(model.forward).parameters
         if self.cfg.peft_config == "PrefixTuningConfig" and kind == "SEQ_CLS" and not takes_cache:
             raise ConfigError(
