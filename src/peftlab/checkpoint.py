@@ -14,18 +14,14 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from peftlab.resume import CHECKPOINT_DIR, CHECKPOINT_FILE
-
-
-def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / CHECKPOINT_DIR / CHECKPOINT_FILE
+from peftlab.resume import checkpoint_file
 
 
 class TrainableCheckpoint(Callback):
     """Every `every` optimizer steps, replace the run folder's checkpoint with the current state."""
 
     def __init__(self, run_dir: Path, every: int) -> None:
-        self.path, self.every = checkpoint_path(run_dir), every
+        self.path, self.every = checkpoint_file(run_dir), every
         self.last_saved = -1
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

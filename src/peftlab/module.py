@@ -12,7 +12,7 @@ from peftlab.config import TrainerConfig
 from peftlab.errors import ConfigError, TrainingError
 from peftlab.methods import Method
 from peftlab.scoring import Scorer
-from peftlab.sharding import trainable_names
+from peftlab.sharding import unwrapped_name
 from peftlab.tasks import Task
 
 
@@ -32,7 +32,7 @@ class PeftModule(L.LightningModule):
         # rebuilt from the model, so loading one must not ask for its weights.
         self.strict_loading = False
         self.train_time_before = 0.0  # seconds trained by the interrupted run(s) this one resumes
-        self._fit_started: float | None = None
+        self._fit_started = 0.0  # set when fitting starts, before any checkpoint
         self._resumed_rng: dict | None = None  # RNG states to restore before the first resumed step
 
     def on_train_start(self):
@@ -45,24 +45,24 @@ class PeftModule(L.LightningModule):
             set_rng_states(self._resumed_rng)
             self._resumed_rng = None
 
-    def trainable_names(self) -> set[str]:
-        """Keys of the trainable tensors in Lightning's checkpoint (this module's state dict)."""
-        return {f"model.{n}" for n in trainable_names(self.model)}
+    def trainable(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors under their keys in Lightning's checkpoint (this module's state dict)."""
+        return {f"model.{unwrapped_name(n)}": p for n, p in self.model.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint):
-        trainable = self.trainable_names()
+        trainable = self.trainable()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["peftlab"] = {
             "train_samples": self.train_samples,
             "train_tokens": self.train_tokens,
-            "train_time_s": self.train_time_before + (time.perf_counter() - (self._fit_started or time.perf_counter())),
+            "train_time_s": self.train_time_before + time.perf_counter() - self._fit_started,
             "last_eval": self.last_eval,
             "rng": rng_states(),
             "method": self.method.resume_state(self.model),
         }
 
     def on_load_checkpoint(self, checkpoint):
-        check_same_weights(checkpoint["state_dict"], {f"model.{n}": p for n, p in self.model.named_parameters() if p.requires_grad})
+        check_same_weights(checkpoint["state_dict"], self.trainable())
         state = checkpoint["peftlab"]
         self.train_samples, self.train_tokens = state["train_samples"], state["train_tokens"]
         self.train_time_before, self.last_eval = state["train_time_s"], state["last_eval"]

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab import __version__
 from peftlab.budget import batches_per_epoch, check_val_check_interval, planned_steps
-from peftlab.checkpoint import TrainableCheckpoint, checkpoint_path
+from peftlab.checkpoint import TrainableCheckpoint
 from peftlab.config import Config, TrainerConfig
 from peftlab.data import TaskDataModule
 from peftlab.latency import measure as measure_latency
@@ -36,6 +36,7 @@ from peftlab.models import check_model_fits, count_parameters, load_model, load_
 from peftlab.module import PeftModule
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
 from peftlab.sharding import build_strategy, gathered_state
+from peftlab.resume import checkpoint_file
 from peftlab.record import Memory, MethodRecord, ModelIdentity, Params, RunRecord, Scores, TrainStats, Weights
 from peftlab.progress import PlannedStepsProgressBar
 from peftlab.quiet import quiet_libraries
@@ -157,7 +158,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             )
             summary.update(record.to_json())  # the loggers' run summary (W&B) holds the same
             record.write(run_dir)  # last: its presence marks a finished run
-            shutil.rmtree(checkpoint_path(run_dir).parent, ignore_errors=True)  # finished: nothing to resume
+            shutil.rmtree(checkpoint_file(run_dir).parent, ignore_errors=True)  # finished: nothing to resume
     return TrainedRun(record, module.model)
 
 
@@ -167,7 +168,7 @@ def checkpoint_to_resume(cfg: Config, run_dir: Path) -> Optional[Path]:
         return None
     if isinstance(cfg.resume, str) and Path(cfg.resume).resolve() != run_dir.resolve():
         raise ConfigError(f"resume={cfg.resume}: a resumed run continues in its own folder, not in {run_dir}")
-    path = checkpoint_path(run_dir)
+    path = checkpoint_file(run_dir)
     if not path.is_file():
         raise ConfigError(f"resume: {run_dir} holds no checkpoint ({path.relative_to(run_dir)}); a run writes one only "
                           "with trainer.checkpoint_every=N; allowed: resume=false")  # fmt: skip

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError
+from peftlab.outputs import CONFIG_FILE, METRICS_FILE  # light: train.py's preflight imports it already
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "last.ckpt"
-CONFIG_FILE = "config.yaml"  # as outputs.CONFIG_FILE, which imports more than this check needs
-METRICS_FILE = "metrics.json"
 # Keys a resumed run may set differently: how it is shown, logged and fed, not what it computes.
 MAY_DIFFER = ("resume", "logger", "trainer.progress_bar", "trainer.checkpoint_every", "trainer.latency_examples", "trainer.num_workers",
               "trainer.threads")
@@ -25,6 +24,7 @@ SAFE_PATH = re.compile(r"^[\w./~-]+$")
 
 
 def checkpoint_file(folder: Path) -> Path:
+    """Where a run folder keeps its resumable checkpoint."""
     return folder / CHECKPOINT_DIR / CHECKPOINT_FILE
 
 

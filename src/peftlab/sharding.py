@@ -66,9 +66,13 @@ def gathered_state(trainer, model) -> Optional[dict[str, Any]]:
             state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()} if trainer.is_global_zero else {}
         return state
     full = strategy.lightning_module_state_dict()  # FSDP: gathered to rank 0, offloaded to CPU
-    return {k.replace(FSDP_PREFIX, "").removeprefix("model."): v for k, v in full.items()}
+    return {unwrapped_name(k).removeprefix("model."): v for k, v in full.items()}
+
+
+def unwrapped_name(name: str) -> str:
+    """A parameter's name as a gathered state dict spells it (without FSDP's wrapper prefixes)."""
+    return name.replace(FSDP_PREFIX, "")
 
 
 def trainable_names(model) -> set[str]:
-    """The trainable parameters' names, as a gathered state dict spells them."""
-    return {n.replace(FSDP_PREFIX, "") for n, p in model.named_parameters() if p.requires_grad}
+    return {unwrapped_name(n) for n, p in model.named_parameters() if p.requires_grad}
