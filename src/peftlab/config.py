@@ -24,13 +24,14 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError, require, require_choice
+from peftlab.precision import auto_precision
 from peftlab.sharding import check_strategy
 
 PATH_PREFIXES = ("/", "./", "../", "~")
 GGUF_SUFFIX = ".gguf"  # llama.cpp checkpoints, read through transformers (peftlab.gguf_cache)
 MAX_SEED = 2**32 - 1
 ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "auto")
-PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true", "auto")
 WANDB_MODES = ("offline", "online", "disabled")
 WANDB_FORBIDDEN = ("/", "\\", "#", "?", "%", ":")  # characters W&B refuses in project names
 
@@ -73,7 +74,7 @@ class TrainerConfig:
     devices: Any = 1  # number of devices, or "auto"
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp ...: Lightning's strategy names
     num_nodes: int = 1
-    precision: str = "32-true"  # 32-true on CPU; bf16-mixed on recent GPUs
+    precision: str = "32-true"  # auto: bf16-mixed on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), else 32-true
     max_epochs: int = 1
     max_steps: int = -1  # stop after this many optimizer steps (-1: no cap)
     val_check_interval: Any = None  # also validate every N batches (int) or fraction of an epoch (float <= 1)
@@ -90,6 +91,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
     latency_examples: int = 32  # validation examples timed one at a time, unmerged and merged, for the record; 0 = none
     checkpoint_every: Optional[int] = None  # write a resumable checkpoint of what trains every N optimizer steps; null = none
+    fast_dropout: bool = True  # CPU: dropout masks from 16-bit slices of random words (peftlab.nn.dropout), not bernoulli_
 
     def __post_init__(self) -> None:
         require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
@@ -106,6 +108,8 @@ class TrainerConfig:
         require(not (d == -1 and self.accelerator == "cpu"), "trainer.devices", d,
                 "-1 (all GPUs) needs trainer.accelerator=gpu; on CPU give the number of processes")  # fmt: skip
         require_choice("trainer.precision", self.precision, PRECISIONS)
+        if self.precision == "auto":  # the config then records what runs
+            self.precision = auto_precision(self.accelerator)
         check_strategy(self.strategy, self.accelerator)
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")

@@ -85,10 +85,12 @@ class ResumableLoader(DataLoader):
 
 
 class TaskDataModule(L.LightningDataModule):
-    def __init__(self, task: Task, tokenizer, batch_size: int, eval_batch_size: int, num_workers: int, seed: int):
+    def __init__(self, task: Task, tokenizer, batch_size: int, eval_batch_size: int, num_workers: int, seed: int,
+                 pin_memory: bool = False):  # fmt: skip
         super().__init__()
         self.task, self.tokenizer = task, tokenizer
         self.batch_size, self.eval_batch_size, self.num_workers, self.seed = batch_size, eval_batch_size, num_workers, seed
+        self.pin_memory = pin_memory  # for a GPU: page-locked batches copy to it without blocking the step
         self.splits: dict[str, list[dict]] = {}  # encoded: a QA question can be several windows
         self.counts: dict[str, int] = {}  # examples per split, as the task counts them
         self.collate = task.collator(tokenizer)
@@ -112,6 +114,7 @@ class TaskDataModule(L.LightningDataModule):
             collate_fn=self.collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pin_memory,
             # Each new iterator draws a seed for its workers; from its own generator, not torch's,
             # so where loaders start (an epoch, a validation) does not move dropout's random stream,
             # and a resumed run's stream is the interrupted one's.

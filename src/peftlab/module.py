@@ -6,6 +6,7 @@ import time
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from peftlab.architectures import NO_DECAY
 from peftlab.config import TrainerConfig
@@ -16,6 +17,9 @@ from peftlab.sharding import unwrapped_name
 from peftlab.tasks import Task
 
 
+LOSS_CHECK_EVERY = 10  # training batches between reads of the training loss's finiteness
+
+
 class PeftModule(L.LightningModule):
     def __init__(self, model, method: Method, task: Task, lr: float, trainer_cfg: TrainerConfig, total_steps: int,
                  no_decay: tuple[str, ...] = NO_DECAY):  # fmt: skip
@@ -24,8 +28,11 @@ class PeftModule(L.LightningModule):
         self.lr, self.trainer_cfg, self.total_steps = lr, trainer_cfg, total_steps
         self.no_decay = no_decay  # parameter-name suffixes without weight decay (the architecture's)
         self.scorer = Scorer(task, method)  # the evaluation path `peftlab.evaluate` runs too
-        self.train_samples = 0  # this rank's count of examples
-        self.train_tokens = 0  # and of their real (not padding) tokens
+        # This rank's count of examples and of their real (not padding) tokens: tensors where the
+        # batch gives them, summed on the device, so a step never waits to read them.
+        self.train_samples: int | torch.Tensor = 0
+        self.train_tokens: int | torch.Tensor = 0
+        self.loss_watch = LossWatch()
         self.last_eval: tuple[int, dict[str, float]] | None = None  # (global step, metrics)
         self.last_predictions: list[dict] | None = None  # what a generation task's last evaluation wrote
         # Resumable checkpoints hold only what trains (see on_save_checkpoint): the frozen base is
@@ -53,8 +60,8 @@ class PeftModule(L.LightningModule):
         trainable = self.trainable()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
         checkpoint["peftlab"] = {
-            "train_samples": self.train_samples,
-            "train_tokens": self.train_tokens,
+            "train_samples": int(self.train_samples),
+            "train_tokens": int(self.train_tokens),
             "train_time_s": self.train_time_before + time.perf_counter() - self._fit_started,
             "last_eval": self.last_eval,
             "rng": rng_states(),
@@ -73,12 +80,28 @@ class PeftModule(L.LightningModule):
         # The model computes the loss itself, so method-specific terms (AdaLoRA's orthogonal
         # regulariser) are included as the library defines them.
         loss = self.model(**self.task.model_inputs(batch)).loss
-        if not torch.isfinite(loss):
-            raise TrainingError(diverged(loss.item(), self.global_step + 1, self.total_steps, self.lr, self.trainer_cfg))
+        self.loss_watch.update(loss, self.global_step + 1)
         self.train_samples += self.task.batch_examples(batch)
-        self.train_tokens += self.task.batch_tokens(batch)  # a tensor: no host sync per step
+        self.train_tokens += self.task.batch_tokens(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        if (batch_idx + 1) % LOSS_CHECK_EVERY == 0:
+            self.check_loss()
+
+    def on_validation_start(self):
+        self.check_loss()  # before a validation reports (and a sweep prunes on) a diverged model's scores
+
+    def on_train_end(self):
+        self.check_loss()
+
+    def check_loss(self) -> None:
+        """Fail the run at the first non-finite training loss seen so far, naming its step."""
+        bad = self.loss_watch.first_bad()
+        if bad is not None:
+            step, loss = bad
+            raise TrainingError(diverged(loss, step, self.total_steps, self.lr, self.trainer_cfg))
 
     def validation_step(self, batch, batch_idx):
         self.scorer.update(self.model, batch)
@@ -95,15 +118,49 @@ class PeftModule(L.LightningModule):
         from transformers import get_linear_schedule_with_warmup
 
         # The method builds it: most take AdamW, LoRA+ gives B its own learning rate.
-        optimizer = self.method.build_optimizer(self.model, self.lr, self.trainer_cfg.weight_decay, self.no_decay)
+        # Fused unless fp16's GradScaler is on: the gradients it scales are clipped before the step.
+        fused = getattr(self.trainer.precision_plugin, "scaler", None) is None
+        optimizer = self.method.build_optimizer(self.model, self.lr, self.trainer_cfg.weight_decay, self.no_decay, fused)
         warmup = int(self.trainer_cfg.warmup_ratio * self.total_steps)
         schedule = get_linear_schedule_with_warmup(optimizer, warmup, self.total_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        # Lightning's mixed-precision plugin refuses to clip for a fused optimizer, because of fp16's
+        # GradScaler; bf16 has no scaler, so its gradients are the true ones and are clipped as they are.
+        plugin = self.trainer.precision_plugin
+        if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
         super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         # Gradients are zeroed only when the next step starts, so they are still here.
         self.method.after_optimizer_step(self.model, self.global_step)
+
+
+class LossWatch:
+    """The first step whose training loss is not finite, and that loss, kept on the loss's device:
+    reading the loss back every step would make each GPU step wait for the one before it. The
+    module reads it every LOSS_CHECK_EVERY batches, before each validation and when training ends."""
+
+    def __init__(self) -> None:
+        self.step: torch.Tensor | None = None  # -1 while every loss was finite
+        self.loss: torch.Tensor | None = None
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        loss = loss.detach().float()
+        if self.step is None:
+            self.step, self.loss = torch.full((), -1, device=loss.device), torch.zeros((), device=loss.device)
+        first = ~torch.isfinite(loss) & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss, self.loss)
+
+    def first_bad(self) -> tuple[int, float] | None:
+        if self.step is None or int(self.step) < 0:
+            return None
+        return int(self.step), float(self.loss)
 
 
 def rng_states() -> dict:

@@ -34,6 +34,7 @@ from peftlab.methods import METHODS
 from peftlab.architectures import architecture_of
 from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source, tell_task_the_model
 from peftlab.module import PeftModule
+from peftlab.nn.dropout import use_fast_dropout
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
 from peftlab.sharding import build_strategy, gathered_state
 from peftlab.resume import checkpoint_file
@@ -80,7 +81,8 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             tokenizer = load_tokenizer(cfg.model)
             tell_task_the_model(cfg.model, task)  # a generation task encodes for a decoder or an encoder-decoder
             method.check_task(task)
-            data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers, cfg.seed)
+            data = TaskDataModule(task, tokenizer, cfg.trainer.batch_size, cfg.trainer.eval_batch_size, cfg.trainer.num_workers,
+                                  cfg.seed, pin_memory=cfg.trainer.accelerator in ("gpu", "cuda"))  # fmt: skip
             data.setup("fit")
         n_train = len(data.splits["train"])
         check_val_check_interval(cfg.trainer, n_train, trainer.world_size)
@@ -98,6 +100,8 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             method.check(model, arch)  # the method against the model: its layers' sizes and names, its head
             check_model_fits(model, tokenizer, task, arch.profile.position_offset, method.virtual_tokens())  # vocabulary, positions
             model = method.apply(model, arch, total_steps=total_steps)
+            if cfg.trainer.fast_dropout:
+                use_fast_dropout(model)  # the model's and the method's: CPU masks without bernoulli_'s serial loop
             settings = method.settings(model, arch)  # what took effect, for the record
         model.train()  # from_pretrained returns eval mode (no dropout), and Lightning keeps the mode it finds
         params = count_parameters(model)
@@ -106,13 +110,13 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
         if trainer.is_global_zero:
             start_run_folder(run_dir, raw)
         with finish_loggers(trainer) as summary:
-            _reset_peak_memory()
+            reset_peak_memory()
             start = time.perf_counter()
             if method.trains:  # zero-shot: the model is scored as loaded
                 # Our own checkpoint, in this run's folder: loading it whole (RNG states) is safe.
                 trainer.fit(module, datamodule=data, ckpt_path=resume_from, weights_only=False if resume_from else None)
             train_time = time.perf_counter() - start + module.train_time_before
-            samples = int(trainer.strategy.reduce(torch.tensor(float(module.train_samples)), reduce_op="sum"))
+            samples = int(trainer.strategy.reduce(torch.as_tensor(module.train_samples, dtype=torch.float64), reduce_op="sum"))
             tokens = int(trainer.strategy.reduce(torch.as_tensor(module.train_tokens, dtype=torch.float64), reduce_op="sum"))
 
             # Score the final weights, unless the last validation already did.
@@ -151,7 +155,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                     tokens=tokens,
                     tokens_per_s=round(tokens / train_time, 1) if tokens else 0.0,
                 ),
-                memory=Memory(**_peak_memory(trainer)),
+                memory=Memory(**peak_memory(trainer.strategy.root_device.type)),
                 weights=Weights(folder_bytes(run_dir / WEIGHTS_DIR), WEIGHTS_DIR),
                 versions=_versions(),
                 latency=latency,
@@ -228,7 +232,9 @@ def build_trainer(cfg: Config, run_dir: Path, resolved: dict, callbacks: list[Ca
             gradient_clip_val=t.gradient_clip_val,
             deterministic=t.deterministic,
             logger=build_loggers(cfg, run_dir, resolved),
-            callbacks=callbacks + ([PlannedStepsProgressBar()] if t.progress_bar else []),
+            # On a GPU each refresh of the bar reads the loss back, so it refreshes once per logged step.
+            callbacks=callbacks + ([PlannedStepsProgressBar(refresh_rate=1 if t.accelerator == "cpu" else LOG_EVERY_N_STEPS)]
+                                   if t.progress_bar else []),  # fmt: skip
             enable_progress_bar=t.progress_bar,
             enable_checkpointing=False,  # the run folder keeps the trained weights in the method's own format
             enable_model_summary=False,
@@ -250,7 +256,7 @@ def status(cfg: Config, message: str):
     return Console(stderr=True).status(message)
 
 
-def _reset_peak_memory() -> None:
+def reset_peak_memory() -> None:
     """Start a fresh high-water mark, so runs in one process (a sweep's trials) each get their own."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -258,8 +264,9 @@ def _reset_peak_memory() -> None:
         Path("/proc/self/clear_refs").write_text("5")  # Linux: resets VmHWM, the peak resident set
 
 
-def _peak_memory(trainer: L.Trainer) -> dict[str, Any]:
-    if trainer.strategy.root_device.type == "cuda":
+def peak_memory(device_type: str) -> dict[str, Any]:
+    """The high-water mark since `reset_peak_memory`: CUDA's allocated bytes, or the peak resident set."""
+    if device_type == "cuda":
         return {"peak_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1), "kind": "cuda_max_allocated"}
     status_file = Path("/proc/self/status")
     if status_file.is_file():

@@ -23,7 +23,7 @@ from omegaconf import II
 
 from peftlab.architectures import check_target_setting
 from peftlab.errors import ConfigError, require
-from peftlab.methods.base import METHODS, MethodConfig
+from peftlab.methods.base import METHODS, MethodConfig, fused_adamw
 from peftlab.methods.peft_library import PeftLibraryMethod
 
 # peft's init_lora_weights values that start A and B from the base weight, which they then change.
@@ -136,14 +136,15 @@ class Lora(PeftLibraryMethod):
         rest = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model, state_dict=state).items() if "lora_" not in k}
         save_file({**rest, **converted}, str(path), metadata={"format": "pt"})
 
-    def build_optimizer(self, model, lr, weight_decay, no_decay):
+    def build_optimizer(self, model, lr, weight_decay, no_decay, fused=False):
         if self.cfg.loraplus_lr_ratio is None:
-            return super().build_optimizer(model, lr, weight_decay, no_decay)
+            return super().build_optimizer(model, lr, weight_decay, no_decay, fused)
         import torch
         from peft.optimizers import create_loraplus_optimizer
 
+        fused = fused and fused_adamw([p for p in model.parameters() if p.requires_grad])
         return create_loraplus_optimizer(model, torch.optim.AdamW, lr=lr, loraplus_lr_ratio=self.cfg.loraplus_lr_ratio,
-                                         loraplus_weight_decay=weight_decay)  # fmt: skip
+                                         loraplus_weight_decay=weight_decay, fused=fused)  # fmt: skip
 
     def ranks(self):
         return {"peft.r": self.cfg.r}

@@ -124,8 +124,8 @@ class Task:
         differently (generation's packing)."""
         return self.encode(examples, tokenizer)
 
-    def batch_examples(self, batch) -> int:
-        """The examples in a training batch (a packed row holds several)."""
+    def batch_examples(self, batch):
+        """The examples in a training batch (a packed row holds several): an int, or a tensor summed without a host sync."""
         return len(batch["input_ids"])
 
     def batch_tokens(self, batch):

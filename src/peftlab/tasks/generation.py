@@ -217,8 +217,8 @@ class GenerationTask(Task):
     def loss_weight(self, batch) -> int:
         return int(target_tokens(batch["labels"], self.family))
 
-    def batch_examples(self, batch) -> int:
-        return int(batch["num_examples"])
+    def batch_examples(self, batch):
+        return batch["num_examples"]  # a tensor, read at the end of training
 
     def batch_tokens(self, batch):
         return batch["num_tokens"]
