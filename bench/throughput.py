@@ -1,75 +1,215 @@
-"""Training throughput of peftlab against the peer, measured in the same run on the same machine.
+"""Training throughput of peftlab against Hugging Face's Trainer + peft, in one run on one machine.
 
-The peer is Hugging Face's Trainer with peft (what most people run): same model, same LoRA, same
-SST-2 sentences, batch 32, padding to the longest sentence in each batch, fp32 on CPU. Both train
-the same number of optimizer steps; the ratio is peftlab samples/s over the peer's.
+Both sides train the same model with the same method settings, learning rate, schedule, warm-up,
+weight decay, gradient clipping, batch size and number of optimizer steps, on SST-2, padding each batch
+to its longest sentence; then both score all of SST-2's validation split. The peers:
 
-    .venv/bin/python bench/throughput.py [--steps 60] [--peft lora]
+- `group_by_length`: the Trainer with its length-grouped sampler, the strongest stock set-up;
+- `group_by_length bf16`: the same with `bf16=True` (autocast), where the device computes bf16;
+- `random batches`: the Trainer's default sampler.
+
+peftlab runs its `trainer=cpu` (or `trainer=gpu` on a CUDA machine) preset as it is. Give a number
+of steps that is a multiple of 50: the Trainer's sampler sorts pools of 50 batches longest first, so
+a run that stops inside a pool has trained on longer sentences than the average (peftlab's pools are
+shuffled), and its samples/s would be unfairly low. The ratio is
+peftlab's samples/s over each peer's. GFLOP/s counts the matmuls of the model's Linear layers, on the
+real (not padding) tokens: 2 x weights forward, 2 x weights for the gradient of the inputs, 2 x the
+trained weights for their own gradient (attention's score matmuls are left out). The peak it is
+shared against is measured here, with a large torch matmul in the precision each side trains in.
+
+    .venv/bin/python bench/throughput.py                         # LoRA and full FT, 100 steps each
+    .venv/bin/python bench/throughput.py --peft lora --steps 60
+    .venv/bin/python bench/throughput.py --steps 0               # one whole epoch (the GPU comparison)
+    .venv/bin/python bench/throughput.py --set trainer.fast_dropout=false   # peftlab with an override
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import gc
+import platform
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BATCH = 32
 
 
-def peftlab_samples_per_s(steps: int, method: str, out: Path) -> float:
+@dataclass
+class Result:
+    name: str
+    samples_per_s: float
+    tokens_per_s: float
+    accuracy: float
+    precision: str  # "fp32" or "bf16", for the peak it is shared against
+    seconds: float
+    peak_mb: float  # CUDA's peak allocation, or the process's peak resident set while it trained
+
+
+def matmul_peak_gflops(device: str, dtype_name: str, size: int = 2048, repeats: int = 10) -> float:
+    """The best of `repeats` square matmuls: what this device's torch does at its fastest."""
+    import torch
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 2):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def flops_per_token(model) -> float:
+    """Linear-layer matmul FLOPs of one training token (see the module's docstring)."""
+    import torch
+
+    linear = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    total = sum(w.numel() for w in linear)
+    trained = sum(w.numel() for w in linear if w.requires_grad)
+    return 4 * total + 2 * trained
+
+
+def compose(method: str, overrides: list[str]):
     from peftlab.cli import compose_config
     from peftlab.config import validate
+
+    raw = compose_config(ROOT / "conf", [f"peft={method}", f"data_dir={ROOT / 'data'}", *overrides])
+    return raw, validate(raw)
+
+
+def run_peftlab(method: str, steps: int, gpu: bool, extra: list[str], out: Path) -> tuple[Result, float]:
     from peftlab.recipe import train
 
-    raw = compose_config(
-        ROOT / "conf",
-        [f"peft={method}", f"trainer.max_steps={steps}", "logger=csv", "trainer.progress_bar=false",
-         "task.max_eval_samples=32", f"data_dir={ROOT / 'data'}"],
-    )
-    return train(validate(raw), raw, out / "peftlab").metrics["train"]["samples_per_s"]
+    overrides = ["trainer=gpu"] if gpu else []
+    overrides += [f"trainer.max_steps={steps or -1}", "logger=csv", "trainer.progress_bar=false", "trainer.latency_examples=0", *extra]
+    raw, cfg = compose(method, overrides)
+    run = train(cfg, raw, out / f"peftlab-{method}")
+    record = run.record
+    precision = "bf16" if "bf16" in record.train.precision else "fp32"
+    result = Result("peftlab", record.train.samples_per_s, record.train.tokens_per_s, record.eval.values["accuracy"],
+                    precision, record.train.time_s, record.memory.peak_mb)  # fmt: skip
+    return result, flops_per_token(run.model)
 
 
-def peer_samples_per_s(steps: int, method: str, out: Path) -> float:
-    """HF Trainer + peft on the same config's model, data and LoRA settings."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+def run_peer(method: str, steps: int, gpu: bool, sampling: str, bf16: bool, out: Path) -> Result:
+    """HF Trainer + peft on peftlab's model, data and method settings (peft's get_peft_model for LoRA)."""
+    import numpy as np
+    import torch
+    from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
 
-    from peftlab.cli import compose_config
-    from peftlab.config import validate
-    from peftlab.methods import METHODS
     from peftlab.architectures import architecture_of
+    from peftlab.methods import METHODS
     from peftlab.models import load_model, load_tokenizer
+    from peftlab.recipe import peak_memory, reset_peak_memory
     from peftlab.tasks import TASKS
 
-    cfg = validate(compose_config(ROOT / "conf", [f"peft={method}", f"data_dir={ROOT / 'data'}"]))
+    _, cfg = compose(method, [])
     task = TASKS.get(cfg.task.task, "task")(cfg.task, seed=cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     train_set = task.encode(task.examples("train"), tokenizer)
+    val_set = task.encode(task.examples("validation"), tokenizer)
+    epoch_steps = len(train_set) // BATCH
+    total = steps or epoch_steps
+    set_seed(cfg.seed)  # the head's initialisation, as peftlab's run seeds it
     model = load_model(cfg.model, task)
-    model = METHODS.get(cfg.peft.method, "peft")(cfg.peft).apply(model, architecture_of(model, cfg.model.targets), steps)  # get_peft_model for LoRA
+    method_obj = METHODS.get(cfg.peft.method, "peft")(cfg.peft)
+    model = method_obj.apply(model, architecture_of(model, cfg.model.targets), total)
+
+    pad = DataCollatorWithPadding(tokenizer)
+    counted = {"tokens": 0}
+
+    def collate(features):
+        batch = pad(features)
+        counted["tokens"] += int(batch["attention_mask"].sum())
+        return batch
+
+    class MethodStep(TrainerCallback):
+        """peft's AdaLoRA asks for update_and_allocate after each optimizer step; the Trainer does not call it."""
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            method_obj.after_optimizer_step(model, state.global_step)
+
     args = TrainingArguments(
-        output_dir=str(out / "peer"), per_device_train_batch_size=32, max_steps=steps, learning_rate=cfg.lr,
-        warmup_steps=int(0.06 * steps), weight_decay=0.01, report_to=[], save_strategy="no", logging_steps=10_000,
-        use_cpu=True, seed=cfg.seed, dataloader_num_workers=0, disable_tqdm=True,
-    )
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=DataCollatorWithPadding(tokenizer))
+        output_dir=str(out / "peer"), per_device_train_batch_size=BATCH, per_device_eval_batch_size=128,
+        max_steps=total, learning_rate=cfg.lr, warmup_steps=int(0.06 * total), weight_decay=0.01,
+        max_grad_norm=1.0, lr_scheduler_type="linear", bf16=bf16, use_cpu=not gpu, seed=cfg.seed,
+        train_sampling_strategy=sampling, report_to=[], save_strategy="no", logging_steps=10_000,
+        dataloader_num_workers=2 if gpu else 0, dataloader_pin_memory=gpu, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collate, callbacks=[MethodStep()])
+    reset_peak_memory()
     start = time.perf_counter()
     trainer.train()
-    return steps * 32 / (time.perf_counter() - start)
+    if gpu:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    peak_mb = peak_memory("cuda" if gpu else "cpu")["peak_mb"]
+    tokens = counted["tokens"]
+    predictions = trainer.predict(val_set)
+    logits = predictions.predictions[0] if isinstance(predictions.predictions, tuple) else predictions.predictions
+    accuracy = float(np.mean(logits.argmax(-1) == predictions.label_ids))
+    name = "HF Trainer + peft, " + ("group_by_length" if sampling == "group_by_length" else "random batches") + (" bf16" if bf16 else "")
+    return Result(name, total * BATCH / seconds, tokens / seconds, accuracy, "bf16" if bf16 else "fp32", seconds, peak_mb)
+
+
+def bf16_supported(gpu: bool) -> bool:
+    if gpu:
+        import torch
+
+        return torch.cuda.is_bf16_supported()
+    from peftlab.precision import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--peft", default="lora", choices=["lora", "full"], help="AdaLoRA is left out: HF Trainer does not call its update hook")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per side; 0: one whole epoch")
+    parser.add_argument("--peft", nargs="+", default=["lora", "full"], choices=["lora", "full", "adalora"])
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for peftlab's side")
+    parser.add_argument("--no-random-peer", action="store_true", help="leave out the random-batch peer (it is the slowest)")
     args = parser.parse_args()
+    if args.steps % 50:
+        parser.error(f"--steps {args.steps}: give a multiple of 50 (the Trainer's length pools are 50 batches), or 0 for an epoch")
+
+    import torch
+
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+    bf16 = bf16_supported(gpu)
+    peak = {"fp32": matmul_peak_gflops(device, "fp32")}
+    if bf16:
+        peak["bf16"] = matmul_peak_gflops(device, "bf16")
+    where = torch.cuda.get_device_name() if gpu else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"# {datetime.date.today()} · {where} · torch {torch.__version__} · SST-2, MiniLM, batch {BATCH}, "
+          f"{args.steps or 'one epoch of'} steps · matmul peak " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items()))  # fmt: skip
+
     with tempfile.TemporaryDirectory() as tmp:
-        peer = peer_samples_per_s(args.steps, args.peft, Path(tmp))
-        ours = peftlab_samples_per_s(args.steps, args.peft, Path(tmp))
-    print(f"peft={args.peft} steps={args.steps} batch=32 fp32 CPU")
-    print(f"peer (HF Trainer + peft): {peer:8.1f} samples/s")
-    print(f"peftlab:                  {ours:8.1f} samples/s")
-    print(f"ratio peftlab / peer:     {ours / peer:8.2f}")
+        for method in args.peft:
+            peers = [("group_by_length", False)] + ([("group_by_length", True)] if bf16 else [])
+            peers += [] if args.no_random_peer else [("random", False)]
+            results = []
+            for sampling, half in peers:
+                results.append(run_peer(method, args.steps, gpu, sampling, half, Path(tmp)))
+                gc.collect()  # the peer's model and data, before the next side measures its memory
+            ours, flops = run_peftlab(method, args.steps, gpu, args.set, Path(tmp))
+            gc.collect()
+            print(f"\npeft={method}" + (f"  (peftlab with {' '.join(args.set)})" if args.set else ""))
+            print(f"{'':40} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MB':>8} {'dev acc':>8} {'peftlab ×':>10}")
+            for r in [ours, *results]:
+                gflops = flops * r.tokens_per_s / 1e9
+                ratio = "" if r is ours else f"{ours.samples_per_s / r.samples_per_s:9.2f}×"
+                print(f"{r.name:40} {r.samples_per_s:10.1f} {r.tokens_per_s:10.0f} {gflops:8.1f} "
+                      f"{gflops / peak[r.precision]:7.1%} {r.peak_mb:8.0f} {r.accuracy:8.4f} {ratio:>10}")  # fmt: skip
 
 
 if __name__ == "__main__":
