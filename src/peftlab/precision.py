@@ -1,7 +1,8 @@
 """`trainer.precision=auto`: bf16 autocast where the hardware computes bf16 natively, fp32 elsewhere.
 
 Read before torch loads (no torch import here). On a CPU with AVX512-BF16 or AMX, bf16 matmuls run
-about twice as fast as fp32 ones; on a CPU without them bf16 is emulated and slower than fp32.
+two to three times as fast as fp32 ones (bench/throughput.py measures both peaks); without them torch
+emulates bf16, so fp32 is kept.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def lists_native_bf16(cpuinfo: str) -> bool:
 
 
 def auto_precision(accelerator: str) -> str:
-    """What `auto` means on this machine: bf16 autocast on GPUs and bf16-capable CPUs, fp32 elsewhere."""
+    """What `auto` means on this machine: bf16 autocast on GPUs and bf16-capable CPUs, fp32 elsewhere.
+    `trainer.accelerator=auto` is judged by the CPU (whether a GPU is there is known only once torch loads)."""
     if accelerator in ("gpu", "cuda"):
         return "bf16-mixed"
     if accelerator == "cpu" and cpu_has_native_bf16():
