@@ -45,7 +45,6 @@ class Result:
     tokens_per_s: float
     accuracy: float
     precision: str  # "fp32" or "bf16", for the peak it is shared against
-    seconds: float
     peak_mb: float  # CUDA's peak allocation, or the process's peak resident set while it trained
 
 
@@ -96,7 +95,7 @@ def run_peftlab(method: str, steps: int, gpu: bool, extra: list[str], out: Path)
     record = run.record
     precision = "bf16" if "bf16" in record.train.precision else "fp32"
     result = Result("peftlab", record.train.samples_per_s, record.train.tokens_per_s, record.eval.values["accuracy"],
-                    precision, record.train.time_s, record.memory.peak_mb)  # fmt: skip
+                    precision, record.memory.peak_mb)  # fmt: skip
     return result, flops_per_token(run.model)
 
 
@@ -158,7 +157,7 @@ def run_peer(method: str, steps: int, gpu: bool, sampling: str, bf16: bool, out:
     logits = predictions.predictions[0] if isinstance(predictions.predictions, tuple) else predictions.predictions
     accuracy = float(np.mean(logits.argmax(-1) == predictions.label_ids))
     name = "HF Trainer + peft, " + ("group_by_length" if sampling == "group_by_length" else "random batches") + (" bf16" if bf16 else "")
-    return Result(name, total * BATCH / seconds, tokens / seconds, accuracy, "bf16" if bf16 else "fp32", seconds, peak_mb)
+    return Result(name, total * BATCH / seconds, tokens / seconds, accuracy, "bf16" if bf16 else "fp32", peak_mb)
 
 
 def bf16_supported(gpu: bool) -> bool:

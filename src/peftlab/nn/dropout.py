@@ -18,13 +18,13 @@ from torch import nn
 LEVELS = 1 << 16  # a random 16-bit number per element
 
 
-def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype, generator: torch.Generator | None = None) -> torch.Tensor:
+def dropout_mask(shape: torch.Size, p: float, dtype: torch.dtype) -> torch.Tensor:
     """The kept elements scaled by 1 / keep rate, the dropped ones zero: what a dropout multiplies by."""
     n = shape.numel()
     cut = round(p * LEVELS)
     if cut >= LEVELS:
         return torch.zeros(shape, dtype=dtype)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None, generator=generator)  # full 64 bits
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full 64 bits, from torch's generator
     numbers = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     return (numbers >= cut - LEVELS // 2).to(dtype).mul_(LEVELS / (LEVELS - cut))
 
@@ -38,15 +38,12 @@ class FastDropout(nn.Dropout):
         return x * dropout_mask(x.shape, self.p, x.dtype)
 
 
-def use_fast_dropout(model: nn.Module) -> int:
+def use_fast_dropout(model: nn.Module) -> None:
     """Swap every `nn.Dropout` of the model (its own and the method's, like LoRA's) for
-    `FastDropout` with the same p; returns how many were swapped."""
-    swapped = 0
+    `FastDropout` with the same p."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
             if type(child) is nn.Dropout:  # subclasses may do more than drop out
                 fast = FastDropout(child.p)
                 fast.train(child.training)
                 setattr(module, name, fast)
-                swapped += 1
-    return swapped
