@@ -141,3 +141,14 @@ def test_precision_auto_is_bf16_where_the_cpu_computes_it():
     from peftlab.config import validate
 
     assert validate(compose(*TINY, "trainer.precision=auto")).trainer.precision == auto_precision("cpu")
+
+
+def test_deterministic_trainers_do_not_fill_new_tensors_with_nan(tmp_path):
+    from peftlab.config import validate
+    from peftlab.recipe import build_trainer
+
+    raw = compose(*TINY, "trainer.deterministic=true", "logger=csv")
+    torch.utils.deterministic.fill_uninitialized_memory = True  # torch's default
+    build_trainer(validate(raw), tmp_path, {}, [])
+    assert torch.are_deterministic_algorithms_enabled()  # Lightning switched them on ...
+    assert torch.utils.deterministic.fill_uninitialized_memory is False  # ... without the NaN fill of every new tensor
