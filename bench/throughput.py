@@ -89,7 +89,7 @@ def run_peftlab(method: str, steps: int, gpu: bool, extra: list[str], out: Path)
     from peftlab.recipe import train
 
     overrides = ["trainer=gpu"] if gpu else []
-    overrides += [f"trainer.max_steps={steps or -1}", "logger=csv", "trainer.progress_bar=false", "trainer.latency_examples=0", *extra]
+    overrides += [f"trainer.batch_size={BATCH}", f"trainer.max_steps={steps or -1}", "logger=csv", "trainer.progress_bar=false", "trainer.latency_examples=0", *extra]
     raw, cfg = compose(method, overrides)
     run = train(cfg, raw, out / f"peftlab-{method}")
     record = run.record
@@ -104,6 +104,7 @@ def run_peer(method: str, steps: int, gpu: bool, sampling: str, bf16: bool, out:
     import numpy as np
     import torch
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments, set_seed
+    from transformers.trainer_callback import PrinterCallback
 
     from peftlab.architectures import architecture_of
     from peftlab.methods import METHODS
@@ -111,7 +112,7 @@ def run_peer(method: str, steps: int, gpu: bool, sampling: str, bf16: bool, out:
     from peftlab.recipe import peak_memory, reset_peak_memory
     from peftlab.tasks import TASKS
 
-    _, cfg = compose(method, [])
+    _, cfg = compose(method, [f"trainer.batch_size={BATCH}"])  # and so the method's own lr
     task = TASKS.get(cfg.task.task, "task")(cfg.task, seed=cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     train_set = task.encode(task.examples("train"), tokenizer)
@@ -145,6 +146,7 @@ def run_peer(method: str, steps: int, gpu: bool, sampling: str, bf16: bool, out:
         dataloader_num_workers=2 if gpu else 0, dataloader_pin_memory=gpu, disable_tqdm=True,
     )  # fmt: skip
     trainer = Trainer(model=model, args=args, train_dataset=train_set, data_collator=collate, callbacks=[MethodStep()])
+    trainer.remove_callback(PrinterCallback)  # its end-of-training dict would break up the bench's table
     reset_peak_memory()
     start = time.perf_counter()
     trainer.train()

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import CONF, compose, run_cli
 
-from peftlab.config import validate
+from peftlab.config import lr_at_batch, validate
 from peftlab.errors import ConfigError
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -37,7 +37,8 @@ def test_every_combination_composes_and_validates(model, peft, task):
     cfg = validate(compose(*overrides))
     assert cfg.peft.method in ("full", "linear_probe", "lora", "adalora", "adapter", "bitfit", "peft", "zero_shot")
     assert cfg.task.task == task
-    assert cfg.lr == cfg.peft.lr
+    # sst2's budget (the default run's) scales the method's batch-32 rate to its batch; no other does
+    assert cfg.lr == (lr_at_batch(cfg.peft.lr, cfg.trainer.batch_size) if task == "sst2" else cfg.peft.lr)
 
 
 def test_expected_options_exist():
@@ -64,10 +65,23 @@ def test_shortcuts_flow_into_every_method_that_has_them():
 
 
 def test_each_method_has_its_own_lr_and_lr_overrides_it():
-    assert validate(compose("peft=full")).lr == 5e-5
-    assert validate(compose("peft=lora")).lr == 1e-3
-    assert validate(compose("peft=linear_probe")).lr == 5e-3
+    assert validate(compose("peft=full", "task=cola")).lr == 5e-5
+    assert validate(compose("peft=lora", "task=cola")).lr == 1e-3
+    assert validate(compose("peft=linear_probe", "task=cola")).lr == 5e-3
     assert validate(compose("peft=full", "lr=2e-5")).lr == 2e-5
+
+
+def test_the_default_run_trains_one_epoch_at_batch_128_with_the_square_root_rate():
+    default = validate(compose())
+    assert (default.task.task, default.trainer.batch_size, default.trainer.max_steps, default.trainer.max_epochs) == ("sst2", 128, -1, 1)
+    assert default.lr == 2e-3  # LoRA's 1e-3 at batch 32, x sqrt(128 / 32)
+    assert validate(compose("peft=full")).lr == pytest.approx(1e-4)
+    assert validate(compose("trainer.batch_size=32")).lr == 1e-3  # the method's own rate at its own batch
+    assert validate(compose("trainer.batch_size=8")).lr == 5e-4
+    assert validate(compose("lr=3e-4")).lr == 3e-4  # lr= sets the rate itself, at any batch
+    assert validate(compose("budget=cpu")) == default  # budget=none picks sst2's CPU budget
+    with pytest.raises(ConfigError, match="trainer.batch_size=0 is out of range"):
+        validate(compose("trainer.batch_size=0"))
 
 
 def test_model_defaults_to_the_packaged_minilm():

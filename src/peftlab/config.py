@@ -241,6 +241,19 @@ def preset_label(preset: str, preset_path: str, *, _parent_: DictConfig) -> str:
     return preset if path == str(preset_path) else Path(path.rstrip("/")).name
 
 
+METHOD_LR_BATCH = 32  # the batch each method's default lr (conf/peft/*.yaml) was chosen at
+
+
+def lr_at_batch(lr: Any, batch_size: Any) -> Any:
+    """Resolver `${lr_at_batch:LR,BATCH}`: a method's batch-32 learning rate at another batch size,
+    by the square-root rule for Adam (Malladi et al., 2022): 4x the batch, 2x the rate. Values that
+    are not positive numbers pass through, for the schema's checks to name them."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lr, batch_size))
+    if not numbers or batch_size < 1:
+        return lr
+    return lr * math.sqrt(batch_size / METHOD_LR_BATCH)
+
+
 def register() -> None:
     """Make the schema and resolvers known to Hydra (idempotent)."""
     ConfigStore.instance().store(name="peftlab_schema", node=Config)
@@ -254,6 +267,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("method_label", method_label)
     if not OmegaConf.has_resolver("preset_label"):
         OmegaConf.register_new_resolver("preset_label", preset_label)
+    if not OmegaConf.has_resolver("lr_at_batch"):
+        OmegaConf.register_new_resolver("lr_at_batch", lr_at_batch)
     if not OmegaConf.has_resolver("basename"):  # a short model label from a hub id or folder
         OmegaConf.register_new_resolver("basename", lambda path: Path(str(path).rstrip("/")).name)
 
