@@ -1,7 +1,7 @@
 """Run a W&B sweep file with Optuna: the same search `wandb sweep` runs, on your own machines.
 
     python sweep.py sweeps/lora.yaml --trials 30                      # TPE + Hyperband on dev accuracy
-    python sweep.py sweeps/lora.yaml --trials 30 --workers 2 task.max_train_samples=4000
+    python sweep.py sweeps/lora.yaml --trials 30 --workers 2 task.max_train_samples=4000 trainer.batch_size=32
     python sweep.py sweeps/methods.yaml --storage postgresql+psycopg2://user@db-host/sweeps   # one per machine
     optuna-dashboard sqlite:///runs/sweeps/lora/optuna.db             # watch it
 
