@@ -13,7 +13,8 @@ from lightning.pytorch.callbacks import Callback
 
 from peftlab.methods import base as methods_base
 from peftlab.module import LossWatch
-from peftlab.nn.dropout import LEVELS, FastDropout, dropout_mask
+from peftlab.nn.dropout import LEVELS, FastDropout, keep_mask
+from peftlab.nn.fused_lora import FusedLoraLinear
 from peftlab.precision import auto_precision, cpu_has_native_bf16, lists_native_bf16
 
 P = 0.1
@@ -21,25 +22,26 @@ CUT = round(P * LEVELS)  # 6554: p is 6554 / 65536 = 0.100006
 SCALE = LEVELS / (LEVELS - CUT)
 
 
-def test_dropout_mask_keeps_the_rate_and_scales_by_its_exact_inverse():
+def test_keep_mask_keeps_the_rate_and_gives_its_exact_inverse():
     torch.manual_seed(0)
-    mask = dropout_mask(torch.Size([1000, 1000]), P, torch.float32)
-    kept = mask != 0
-    assert abs(kept.float().mean().item() - (1 - CUT / LEVELS)) < 0.002  # 6.7 sigma for a million draws
-    assert torch.all(mask[kept] == torch.tensor(SCALE, dtype=torch.float32))  # every kept element: the same scale
-    assert abs(mask.mean().item() - 1) < 0.003  # the output's expectation is the input
+    keep, inverse_rate = keep_mask(torch.Size([1000, 1000]), P, torch.bfloat16, torch.device("cpu"))
+    assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
+    assert inverse_rate == SCALE  # 1 / (1 - 6554 / 65536), not 1 / 0.9
+    assert abs(keep.float().mean().item() - (1 - CUT / LEVELS)) < 0.002  # 6.7 sigma for a million draws
     # The rows are not copies of one another (each element has its own 16 bits).
-    assert not torch.equal(kept[0], kept[1])
+    assert not torch.equal(keep[0], keep[1])
 
 
-def test_dropout_mask_comes_from_torchs_generator():
+def test_keep_mask_comes_from_torchs_generator():
+    cpu = torch.device("cpu")
     torch.manual_seed(7)
-    first = dropout_mask(torch.Size([257, 3]), P, torch.float32)  # an odd size: the last 64-bit word is cut
+    first, _ = keep_mask(torch.Size([257, 3]), P, torch.float32, cpu)  # an odd size: the last 64-bit word is cut
     torch.manual_seed(7)
-    again = dropout_mask(torch.Size([257, 3]), P, torch.float32)
-    other = dropout_mask(torch.Size([257, 3]), P, torch.float32)
+    again, _ = keep_mask(torch.Size([257, 3]), P, torch.float32, cpu)
+    other, _ = keep_mask(torch.Size([257, 3]), P, torch.float32, cpu)
     assert torch.equal(first, again) and not torch.equal(first, other)
-    assert dropout_mask(torch.Size([4, 5]), 1.0, torch.bfloat16).abs().sum() == 0 and first.dtype == torch.float32
+    none_kept, inverse_rate = keep_mask(torch.Size([4, 5]), 1.0, torch.float32, cpu)
+    assert not none_kept.any() and inverse_rate == 0.0
 
 
 def test_fast_dropout_module_trains_like_dropout_and_is_the_identity_in_eval():
@@ -47,20 +49,34 @@ def test_fast_dropout_module_trains_like_dropout_and_is_the_identity_in_eval():
     drop = FastDropout(P)
     y = drop(x)
     assert torch.equal(y.detach().unique(), torch.tensor([0.0, SCALE]))
+    assert abs(y.detach().mean().item() - 1) < 0.01  # the output's expectation is the input (4 sigma here)
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient flows through the kept elements, scaled alike
     assert torch.equal(drop.eval()(x), x) and torch.equal(FastDropout(0.0).train()(x), x)
 
 
+def test_fast_dropout_rounds_the_scale_of_bf16_inputs_as_torch_does():
+    x = torch.randn(64, 384).to(torch.bfloat16)
+    torch.manual_seed(1)
+    y = FastDropout(P)(x)
+    torch.manual_seed(1)
+    keep, _ = keep_mask(x.shape, P, torch.bool, x.device)
+    bf16_scale = torch.tensor(SCALE).to(torch.bfloat16)  # 1.109375: what torch's CPU dropout scales bf16 by for p=0.1
+    assert y.dtype == torch.bfloat16 and torch.equal(y, x * torch.where(keep, bf16_scale, 0.0))
+    assert torch.nn.functional.dropout(torch.ones(100, dtype=torch.bfloat16), P).max() == torch.tensor(1 / (1 - P)).to(torch.bfloat16)
+
+
 @pytest.fixture(scope="module")
 def plain_and_fast(tmp_path_factory, sst2_available):
-    """The same tiny LoRA run: plain (fp32, torch's dropout) and with each fast path on its own."""
+    """The same tiny LoRA run: plain (fp32, torch's dropout, peft's forward) and with the fast paths."""
     runs = {}
-    plain = ["peft=lora", "trainer.precision=32-true", "trainer.fast_dropout=false"]
+    plain = ["peft=lora", "trainer.precision=32-true", "trainer.fast_dropout=false", "trainer.fused_lora=false"]
     for name, overrides in {
         "plain": plain,
-        "bf16": ["peft=lora", "trainer.precision=bf16-mixed", "trainer.fast_dropout=false"],
-        "fast_dropout": ["peft=lora", "trainer.precision=32-true", "trainer.fast_dropout=true"],
+        "bf16": ["peft=lora", "trainer.precision=bf16-mixed", "trainer.fast_dropout=false", "trainer.fused_lora=false"],
+        "fast_dropout": ["peft=lora", "trainer.precision=32-true", "trainer.fast_dropout=true", "trainer.fused_lora=false"],
+        "fused_lora": ["peft=lora", "trainer.precision=32-true", "trainer.fast_dropout=true", "trainer.fused_lora=true"],
+        "fused_lora_bf16": ["peft=lora", "trainer.precision=bf16-mixed", "trainer.fast_dropout=true", "trainer.fused_lora=true"],
     }.items():
         runs[name] = train_tiny(tmp_path_factory.mktemp(name), *overrides)
     with pytest.MonkeyPatch.context() as patch:  # the same run with torch's for-each AdamW instead of the fused one
@@ -96,6 +112,26 @@ def test_fast_dropout_replaces_every_dropout_and_keeps_p(plain_and_fast):
     assert {p for _, p in swapped} == {0.1}
     record = plain_and_fast["fast_dropout"].record
     assert math.isfinite(record.eval.values["loss"]) and record.train.samples == 64
+
+
+def test_fused_lora_gives_the_unfused_runs_metrics(plain_and_fast):
+    fused, unfused = plain_and_fast["fused_lora"], plain_and_fast["fast_dropout"]
+    layers = [m for m in fused.model.modules() if type(m) is FusedLoraLinear]
+    assert len(layers) == 12 and not any(type(m) is FusedLoraLinear for m in unfused.model.modules())
+    assert fused.record.eval.values.keys() == unfused.record.eval.values.keys()
+    for key, value in unfused.record.eval.values.items():  # the same masks, the same function: float rounding
+        assert fused.record.eval.values[key] == pytest.approx(value, abs=1e-5), key
+    # bf16: within the tolerance bf16 itself is held to against fp32 (the test above).
+    bf16 = plain_and_fast["fused_lora_bf16"].record.eval.values
+    assert abs(bf16["loss"] - unfused.record.eval.values["loss"]) < 0.02
+    assert abs(bf16["accuracy"] - unfused.record.eval.values["accuracy"]) <= 1 / 32 + 1e-9
+
+
+def test_sharded_strategies_run_pefts_forward():
+    from peftlab.config import validate
+
+    assert validate(compose(*TINY)).trainer.fused_lora is True
+    assert validate(compose(*TINY, "trainer=fsdp")).trainer.fused_lora is False  # FSDP gathers weights in module hooks
 
 
 def test_loss_watch_keeps_the_first_non_finite_step_without_reading_each_one():

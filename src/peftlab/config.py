@@ -25,7 +25,7 @@ from omegaconf import II, MISSING, DictConfig, OmegaConf
 
 from peftlab.errors import ConfigError, require, require_choice
 from peftlab.precision import auto_precision
-from peftlab.sharding import check_strategy
+from peftlab.sharding import DEEPSPEED_STRATEGIES, FSDP_STRATEGIES, check_strategy
 
 PATH_PREFIXES = ("/", "./", "../", "~")
 GGUF_SUFFIX = ".gguf"  # llama.cpp checkpoints, read through transformers (peftlab.gguf_cache)
@@ -92,6 +92,7 @@ class TrainerConfig:
     latency_examples: int = 32  # validation examples timed one at a time, unmerged and merged, for the record; 0 = none
     checkpoint_every: Optional[int] = None  # write a resumable checkpoint of what trains every N optimizer steps; null = none
     fast_dropout: bool = True  # CPU: dropout masks from 16-bit slices of random words (peftlab.nn.dropout), not bernoulli_
+    fused_lora: bool = True  # LoRA layers train with fewer tensor operations (peftlab.nn.fused_lora); off on sharded strategies
 
     def __post_init__(self) -> None:
         require_choice("trainer.accelerator", self.accelerator, ACCELERATORS)
@@ -111,6 +112,8 @@ class TrainerConfig:
         if self.precision == "auto":  # the config then records what runs
             self.precision = auto_precision(self.accelerator)
         check_strategy(self.strategy, self.accelerator)
+        if self.strategy in FSDP_STRATEGIES + DEEPSPEED_STRATEGIES:
+            self.fused_lora = False  # they gather weights in module hooks, which peft's forward goes through; recorded as run
         for key in ("max_epochs", "batch_size", "eval_batch_size", "accumulate_grad_batches", "num_nodes"):
             require(getattr(self, key) >= 1, f"trainer.{key}", getattr(self, key), "it must be >= 1")
         require(self.max_steps == -1 or self.max_steps >= 1, "trainer.max_steps", self.max_steps, "it must be -1 or >= 1")
