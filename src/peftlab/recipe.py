@@ -34,6 +34,7 @@ from peftlab.methods import METHODS
 from peftlab.architectures import architecture_of
 from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source, tell_task_the_model
 from peftlab.module import PeftModule
+from peftlab.nn.attention import use_fast_dropout_attention
 from peftlab.nn.dropout import use_fast_dropout
 from peftlab.nn.fused_lora import use_fused_lora
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
@@ -103,6 +104,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             model = method.apply(model, arch, total_steps=total_steps)
             if cfg.trainer.fast_dropout:
                 use_fast_dropout(model)  # the model's and the method's: CPU masks without bernoulli_'s serial loop
+                use_fast_dropout_attention(model)  # and the attention probabilities' (sdpa models)
             if cfg.trainer.fused_lora:
                 use_fused_lora(model)  # after the dropout swap: a fused layer draws its mask as its dropout would
             settings = method.settings(model, arch)  # what took effect, for the record
