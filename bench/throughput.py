@@ -1,8 +1,9 @@
 """Training throughput of peftlab against Hugging Face's Trainer + peft, in one run on one machine.
 
-Both sides train the same model with the same method settings, learning rate, schedule, warm-up,
-weight decay, gradient clipping, batch size and number of optimizer steps, on SST-2, padding each batch
-to its longest sentence; then both score all of SST-2's validation split. The peers:
+Each side trains in a fresh process of its own. Both train the same model with the same method
+settings, learning rate, schedule, warm-up, weight decay, gradient clipping, batch size and number of
+optimizer steps, on SST-2, padding each batch to its longest sentence; then both score all of SST-2's
+validation split. The peers:
 
 - `group_by_length`: the Trainer with its length-grouped sampler, the strongest stock set-up;
 - `group_by_length bf16`: the same with `bf16=True` (autocast), where the device computes bf16;
@@ -27,10 +28,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
+import multiprocessing
 import platform
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +164,14 @@ def run_peer(method: str, steps: int, gpu: bool, sampling: str, bf16: bool, out:
     return Result(name, total * BATCH / seconds, tokens / seconds, accuracy, "bf16" if bf16 else "fp32", peak_mb)
 
 
+def in_fresh_process(side, *args):
+    """Run one side in a process of its own. In one long process the later sides trained slower
+    (peftlab's full FT, 8th: 225 samples/s, against 247 as the 3rd of a shorter run), and each side's
+    peak memory is then its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(side, *args).result()
+
+
 def bf16_supported(gpu: bool) -> bool:
     if gpu:
         import torch
@@ -198,12 +208,8 @@ def main() -> None:
         for method in args.peft:
             peers = [("group_by_length", False)] + ([("group_by_length", True)] if bf16 else [])
             peers += [] if args.no_random_peer else [("random", False)]
-            results = []
-            for sampling, half in peers:
-                results.append(run_peer(method, args.steps, gpu, sampling, half, Path(tmp)))
-                gc.collect()  # the peer's model and data, before the next side measures its memory
-            ours, flops = run_peftlab(method, args.steps, gpu, args.set, Path(tmp))
-            gc.collect()
+            results = [in_fresh_process(run_peer, method, args.steps, gpu, sampling, half, Path(tmp)) for sampling, half in peers]
+            ours, flops = in_fresh_process(run_peftlab, method, args.steps, gpu, args.set, Path(tmp))
             print(f"\npeft={method}" + (f"  (peftlab with {' '.join(args.set)})" if args.set else ""))
             print(f"{'':40} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MB':>8} {'dev acc':>8} {'peftlab ×':>10}")
             for r in [ours, *results]:
