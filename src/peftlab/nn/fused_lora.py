@@ -2,9 +2,9 @@
 
 peft computes ``base(x) + lora_B(lora_A(dropout(x))) * scaling``. Under autocast that is about a
 dozen full-size operations per layer: x is cast to bf16 twice (for the base layer and, after the
-dropout, for lora_A), the frozen base weight is cast on every call (autocast caches only weights that
-train), the dropout builds a scaled float mask, and the product is scaled and added in two more
-passes. Here, while training:
+dropout, for lora_A), the frozen base weight is cast on every call (autocast would cache only
+weights that train, and Lightning turns its cache off), the dropout builds a scaled float mask, and
+the product is scaled and added in two more passes. Here, while training:
 
 - x is cast once, and the base layer's frozen weight and bias are cast once per training phase
   (kept until the layer is next put in train or eval mode, merged, unmerged or its weight changes);
