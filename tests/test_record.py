@@ -9,6 +9,7 @@ import pytest
 from conftest import CONF, train_tiny
 
 from peftlab.errors import DataError
+from peftlab.nn.dropout import mask_generator
 from peftlab.outputs import METRICS_FILE
 from peftlab.record import FORMAT, MethodRecord, ModelIdentity, Params, RunRecord, Scores, TrainStats, Memory, Weights
 from peftlab.tasks.base import LOSS, MetricInfo
@@ -25,7 +26,7 @@ def record(method: str = "lora", label: str = "lora-r8", seed: int = 1, accuracy
         seed=seed, lr=lr, main_metric="accuracy",
         metric_info={"accuracy": MetricInfo("accuracy"), "loss": LOSS},
         eval=Scores("validation", 872, {"accuracy": accuracy, "loss": 0.4}),
-        params=Params(1000, 23_000_000, 100 * 1000 / 23_000_000), train=TrainStats(10.0, 50.0, 80, 80, 2560, 1, "32-true"),
+        params=Params(1000, 23_000_000, 100 * 1000 / 23_000_000), train=TrainStats(10.0, 50.0, 80, 80, 2560, 1, "32-true", dropout_masks="philox4x32-10"),
         memory=Memory(900.0, "cpu_peak_rss"), weights=Weights(4000),
     )  # fmt: skip
 
@@ -40,6 +41,7 @@ def test_training_records_what_ran(tmp_path, sst2_available):
         "loraplus_lr_ratio": None, "quantize": None, "target_modules": ["query", "value"],
     })  # fmt: skip
     assert saved.model == ModelIdentity("tiny-bert", "bert", "random BertConfig")
+    assert saved.train.dropout_masks == mask_generator()  # philox4x32-10 wherever peftlab's kernel builds
     data = json.loads((tmp_path / "lora" / METRICS_FILE).read_text())
     assert "rank" not in data and "alpha" not in data  # the shortcuts are not what ran
     assert data["eval"]["split"] == "validation" and data["eval"]["n"] == 32 and "accuracy" in data["eval"]

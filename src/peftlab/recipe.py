@@ -35,7 +35,7 @@ from peftlab.architectures import architecture_of
 from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source, tell_task_the_model
 from peftlab.module import PeftModule
 from peftlab.nn.attention import use_fast_dropout_attention
-from peftlab.nn.dropout import use_fast_dropout
+from peftlab.nn.dropout import TORCH, mask_generator, use_fast_dropout
 from peftlab.nn.fused_lora import use_fused_lora
 from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
 from peftlab.sharding import build_strategy, gathered_state
@@ -102,9 +102,12 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             method.check(model, arch)  # the method against the model: its layers' sizes and names, its head
             check_model_fits(model, tokenizer, task, arch.profile.position_offset, method.virtual_tokens())  # vocabulary, positions
             model = method.apply(model, arch, total_steps=total_steps)
+            masks = TORCH  # what a CPU run's dropout masks are drawn with, for the record
             if cfg.trainer.fast_dropout:
                 use_fast_dropout(model)  # the model's and the method's: CPU masks without bernoulli_'s serial loop
                 use_fast_dropout_attention(model)  # and the attention probabilities' (sdpa models)
+                if trainer.strategy.root_device.type == "cpu":
+                    masks = mask_generator()  # builds peftlab's mask kernel now, not in the timed steps
             if cfg.trainer.fused_lora:
                 use_fused_lora(model)  # after the dropout swap: a fused layer draws its mask as its dropout would
             settings = method.settings(model, arch)  # what took effect, for the record
@@ -157,6 +160,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
                     samples=samples,
                     devices=trainer.world_size,
                     precision=str(trainer.precision),  # what ran: Lightning runs 16-mixed as bf16-mixed on CPU
+                    dropout_masks=masks,
                     tokens=tokens,
                     tokens_per_s=round(tokens / train_time, 1) if tokens else 0.0,
                 ),

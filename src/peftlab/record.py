@@ -65,6 +65,7 @@ class TrainStats:
     precision: Optional[str] = None  # what Lightning ran (16-mixed runs as bf16-mixed on a CPU)
     tokens: Optional[int] = None  # real (not padding) tokens trained on
     tokens_per_s: Optional[float] = None
+    dropout_masks: Optional[str] = None  # philox4x32-10 (peftlab's CPU kernel), torch-mt19937 (its fallback) or torch
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class RunRecord:
                 train.number("time_s"), train.number("samples_per_s"), train.integer("steps", None),
                 train.integer("planned_steps", None), train.integer("samples", None), train.integer("devices", None),
                 train.text("precision", None), train.integer("tokens", None), train.number("tokens_per_s", None),
+                train.text("dropout_masks", None),
             ),
             memory=Memory(memory.number("peak_mb"), memory.text("kind", None)),
             weights=Weights(weights.integer("bytes"), weights.text("dir", "weights")),

@@ -2,11 +2,14 @@
 
 torch draws a CPU dropout mask with `bernoulli_`, one Mersenne-Twister call per element, serial
 (its vectorised MKL path is taken on Intel CPUs only). A LoRA step on MiniLM runs 56 dropouts, and on
-this project's AMD CPU they took a third of the step. Here the mask comes from torch's own generator
-still, but from 64-bit random words cut into four 16-bit numbers: an element is kept when its number
-is at or above round(p * 65536), so p is exact to 1/65536 and the kept values are scaled by the exact
-inverse of the keep rate (the output's expectation is the input). The masks differ from torch's;
-their distribution does not. The same seed gives the same masks, and a resumed run, which restores
+this project's AMD CPU they took a third of the step. Here an element is kept when a 16-bit random
+number is at or above round(p * 65536), so p is exact to 1/65536 and the kept values are scaled by
+the exact inverse of the keep rate (the output's expectation is the input). The numbers come from
+Philox4x32-10, the counter-based generator torch's CUDA dropout uses, in peftlab's C kernel
+(peftlab.nn.native: vectorised, the mask written straight in its dtype), keyed by a 64-bit seed
+drawn from torch's CPU generator for each mask; where the kernel cannot be built, from 64-bit
+words of torch's own generator cut into four 16-bit numbers. The masks differ from torch's; their
+distribution does not. The same seed gives the same masks, and a resumed run, which restores
 torch's generator, the same stream. On other devices torch's fused dropout is used as it is.
 """
 
@@ -15,7 +18,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from peftlab.nn.native import keep_mask_library
+
 LEVELS = 1 << 16  # a random 16-bit number per element
+# TrainStats.dropout_masks: what a run's dropout masks are drawn with.
+PHILOX = "philox4x32-10"  # peftlab's kernel
+TORCH_WORDS = "torch-mt19937"  # the same 16-bit numbers from torch's generator, where the kernel is not built
+TORCH = "torch"  # torch's own dropout (trainer.fast_dropout=false, or not on CPU)
+
+
+def mask_generator() -> str:
+    """What the fast CPU masks are drawn with here (building the kernel on first call)."""
+    return PHILOX if keep_mask_library() is not None else TORCH_WORDS
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device,
@@ -29,11 +43,28 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.dev
     cut = round(p * LEVELS)
     if cut >= LEVELS:  # nothing kept (and the threshold would not fit the 16-bit numbers)
         return torch.zeros(shape, dtype=dtype), 0.0
+    inverse_rate = LEVELS / (LEVELS - cut)
+    library = keep_mask_library()
+    if library is not None and not dtype.is_complex:
+        keep = torch.empty(shape, dtype=dtype)
+        seed = torch.empty((), dtype=torch.int64).random_(-(1 << 63), None).item()  # from torch's generator
+        kernel = getattr(library, f"keep_mask_{8 * keep.element_size()}")
+        kernel(keep.data_ptr(), keep.numel(), cut, _one_bits(dtype), seed & 0xFFFF_FFFF_FFFF_FFFF)
+        return keep, inverse_rate
     n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full 64 bits, from torch's generator
     numbers = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     # Compared straight into `dtype`: 6x faster than a bool mask cast afterwards.
-    return torch.ge(numbers, cut - LEVELS // 2, out=torch.empty(shape, dtype=dtype)), LEVELS / (LEVELS - cut)
+    return torch.ge(numbers, cut - LEVELS // 2, out=torch.empty(shape, dtype=dtype)), inverse_rate
+
+
+_INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _one_bits(dtype: torch.dtype) -> int:
+    """The bit pattern of 1 in `dtype`, as an unsigned integer of its width."""
+    one = torch.ones((), dtype=dtype)
+    return one.view(_INT_OF_WIDTH[one.element_size()]).item() & ((1 << (8 * one.element_size())) - 1)
 
 
 class FastDropout(nn.Dropout):
