@@ -31,6 +31,7 @@ from peftlab.latency import measure as measure_latency
 from peftlab.errors import ConfigError, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
+from peftlab.allocator import keep_freed_memory
 from peftlab.architectures import architecture_of
 from peftlab.models import check_model_fits, count_parameters, load_model, load_tokenizer, model_source, tell_task_the_model
 from peftlab.module import PeftModule
@@ -68,6 +69,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     quiet_libraries()
+    keep_freed_memory()  # each step's buffers reused, not faulted in again page by page
     check_devices(cfg.trainer)
     resume_from = checkpoint_to_resume(cfg, run_dir)
     if cfg.trainer.checkpoint_every:
