@@ -168,6 +168,34 @@ def test_gradients_are_clipped_with_the_fused_optimizer(tmp_path, sst2_available
     assert all(0 < n <= 1e-3 * (1 + 1e-4) for n in norms.norms), norms.norms
 
 
+@pytest.mark.parametrize("max_norm", [0.5, 100.0])  # clipped, and a norm already under the limit
+def test_clipping_inside_the_fused_step_gives_clip_grad_norms_update(max_norm):
+    from peftlab.module import clip_in_the_step, divides_gradients
+
+    torch.manual_seed(0)
+    start = [torch.randn(300, 7), torch.randn(11)]
+    grads = [torch.randn(300, 7), torch.randn(11) * 5]
+    runs = []
+    for in_step in (False, True):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        optimizer = torch.optim.AdamW(params, lr=0.1, fused=True)
+        assert divides_gradients(optimizer)
+        if in_step:
+            clip_in_the_step(optimizer, max_norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        optimizer.step()
+        runs.append(params)
+    for plain, fused in zip(*runs):
+        torch.testing.assert_close(fused, plain, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fused.grad, plain.grad, rtol=1e-6, atol=1e-7)  # the clipped gradient is left
+    clipped_norm = torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in runs[1]])).item()
+    assert clipped_norm == pytest.approx(min(max_norm, torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads])).item()), rel=1e-5)
+    assert not divides_gradients(torch.optim.AdamW(runs[0], lr=0.1))  # for-each AdamW: Lightning's clipping
+
+
 def test_precision_auto_is_bf16_where_the_cpu_computes_it():
     flags = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f {}\n"
     assert lists_native_bf16(flags.format("avx512_bf16")) and lists_native_bf16(flags.format("amx_bf16 amx_tile"))

@@ -129,6 +129,11 @@ class PeftModule(L.LightningModule):
         # Lightning's mixed-precision plugin refuses to clip for a fused optimizer, because of fp16's
         # GradScaler; bf16 has no scaler, so its gradients are the true ones and are clipped as they are.
         plugin = self.trainer.precision_plugin
+        # Whole gradients on each process (not FSDP's or DeepSpeed's shards, whose plugins clip their own way).
+        whole = type(plugin) in (Precision, MixedPrecision) and getattr(plugin, "scaler", None) is None
+        if gradient_clip_val and whole and (gradient_clip_algorithm or "norm") == "norm" and divides_gradients(optimizer):
+            clip_in_the_step(optimizer, gradient_clip_val)
+            return
         if gradient_clip_val and isinstance(plugin, MixedPrecision) and plugin.scaler is None:
             Precision.clip_gradients(plugin, optimizer, gradient_clip_val, gradient_clip_algorithm or "norm")
             return
@@ -211,3 +216,24 @@ def diverged(loss: float, step: int, total_steps: int, lr: float, t: TrainerConf
     if t.warmup_ratio == 0:
         tries.append("a warm-up (trainer.warmup_ratio=0.06)")
     return f"training diverged: the loss is {loss} at step {step} of {total_steps}; try " + ", or ".join(tries)
+
+
+def divides_gradients(optimizer) -> bool:
+    """torch's fused Adam / AdamW: they divide each gradient by `optimizer.grad_scale` in the pass
+    that updates the weights (GradScaler sets it to unscale fp16 gradients), and write it back."""
+    return type(optimizer) in (torch.optim.Adam, torch.optim.AdamW) and bool(optimizer.defaults.get("fused"))
+
+
+def clip_in_the_step(optimizer, max_norm: float) -> None:
+    """Clip to a total gradient norm of `max_norm` inside the fused step: the same coefficient as
+    `torch.nn.utils.clip_grad_norm_`, applied as the step's `grad_scale` (its inverse) instead of a
+    pass that multiplies every gradient. For full FT of MiniLM that pass, 47 MB for the embedding's
+    gradient alone, was 4.3 ms of a 125 ms step. The gradients left after the step are the clipped
+    ones (AdaLoRA reads them), and no value is read back to the host."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if not grads:
+        optimizer.grad_scale = None  # nothing to clip, and no scale left from a step before
+        return
+    total = torch.nn.utils.get_total_norm(grads, 2.0)
+    coefficient = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # clip_grad_norm_'s
+    optimizer.grad_scale = (1.0 / coefficient).to(torch.float32)
