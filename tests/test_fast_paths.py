@@ -44,6 +44,17 @@ def test_keep_mask_comes_from_torchs_generator():
     assert not none_kept.any() and inverse_rate == 0.0
 
 
+def test_a_scaled_keep_mask_holds_the_scale_rounded_as_mul_would():
+    cpu = torch.device("cpu")
+    for dtype, fast in ((torch.bfloat16, True), (torch.float32, True), (torch.float64, True), (torch.bfloat16, False)):
+        torch.manual_seed(5)
+        plain, inverse_rate = keep_mask(torch.Size([300]), P, dtype, cpu, fast=fast)
+        torch.manual_seed(5)
+        scaled, _ = keep_mask(torch.Size([300]), P, dtype, cpu, fast=fast, scaled=True)
+        assert torch.equal(scaled, plain.clone().mul_(inverse_rate)), dtype  # the same draws, scaled as mul_ scales
+    assert scaled.max().item() == 1.109375  # bf16's rounding of 1 / 0.9
+
+
 def test_fast_dropout_module_trains_like_dropout_and_is_the_identity_in_eval():
     x = torch.ones(64, 384, requires_grad=True)
     drop = FastDropout(P)

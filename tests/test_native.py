@@ -69,7 +69,7 @@ def test_masks_follow_the_documented_layout_for_every_width(library, n):
     expected = torch.tensor(expected_mask(n, cut, seed))
     for dtype in (torch.bool, torch.bfloat16, torch.float16, torch.float32, torch.float64):
         out = torch.full((n,), 7, dtype=dtype)  # the kernel must write every element
-        getattr(library, f"keep_mask_{8 * out.element_size()}")(out.data_ptr(), n, cut, dropout._one_bits(dtype), seed)
+        getattr(library, f"keep_mask_{8 * out.element_size()}")(out.data_ptr(), n, cut, dropout._bits(1, dtype), seed)
         assert torch.equal(out, expected.to(dtype)), dtype
 
 

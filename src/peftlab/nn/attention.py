@@ -26,23 +26,62 @@ NAME = "sdpa_fast_dropout"
 
 def math_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
                    dropout: float, is_causal: bool, scale: float | None) -> torch.Tensor:  # fmt: skip
-    """torch's math SDPA over (batch, heads, length, dim) tensors, with the fast dropout mask."""
+    """torch's math SDPA over (batch, heads, length, dim) tensors, with the fast dropout mask.
+
+    The same arithmetic in fewer passes: each input is cast and laid out for bmm in one copy; the
+    scale and the mask (as an additive -inf bias, built once for all the layers that share the mask)
+    go into one baddbmm; the keep mask holds 1 / the keep rate; the output is cast back in the layout
+    the caller transposes it to."""
     dtype = query.dtype
+    batch, heads, q_length, dim = query.shape
     with torch.autocast(query.device.type, enabled=False):  # the math path's own precision, not autocast's
-        query, key, value = (t.float() if t.dtype in (torch.bfloat16, torch.float16) else t for t in (query, key, value))
-        scores = torch.matmul(query, key.transpose(-2, -1)).mul_(scale if scale is not None else 1 / math.sqrt(query.size(-1)))
-        if is_causal:
-            mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril_()
-        if mask is not None and mask.dtype == torch.bool:
-            scores = scores.masked_fill(mask.logical_not(), float("-inf"))
-        elif mask is not None:
-            scores = scores + mask
+        q, k, v = (_for_bmm(t) for t in (query, key, value))
+        bias, empty_rows = _additive_mask(mask, is_causal, batch, heads, q_length, k.shape[1])
+        alpha = scale if scale is not None else 1 / math.sqrt(dim)
+        if bias is None:
+            scores = torch.bmm(q, k.transpose(1, 2)).mul_(alpha)
+        else:
+            scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=alpha)
         probs = torch.softmax(scores, dim=-1)
-        if mask is not None:  # a fully masked row gives 0, as torch's math path does, not NaN
+        if empty_rows:  # a fully masked row gives 0, as torch's math path does, not NaN
             probs = probs.nan_to_num(0.0)
-        keep, inverse_rate = keep_mask(probs.shape, dropout, probs.dtype, probs.device)
-        out = torch.matmul(probs * keep, value).mul_(inverse_rate)
-    return out.to(dtype)
+        keep, _ = keep_mask(probs.shape, dropout, probs.dtype, probs.device, scaled=True)
+        out = torch.bmm(probs * keep, v).view(batch, heads, q_length, -1)
+        # (batch, length, heads, dim) in the input's dtype, in one pass; returned as the usual view.
+        return out.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format).transpose(1, 2)
+
+
+def _for_bmm(t: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, length, dim) -> (batch * heads, length, dim), contiguous, in fp32 (the math path
+    upcasts bf16 and fp16)."""
+    dtype = torch.float32 if t.dtype in (torch.bfloat16, torch.float16) else t.dtype
+    return t.to(dtype, memory_format=torch.contiguous_format).reshape(-1, *t.shape[-2:])
+
+
+# The last mask's bias: every layer of a forward pass gets the same mask tensor.
+_bias_cache: list = [None, None]  # [(mask, version, is_causal, shape), (bias, empty_rows)]
+
+
+def _additive_mask(mask: torch.Tensor | None, is_causal: bool, batch: int, heads: int, q_length: int,
+                   k_length: int) -> tuple[torch.Tensor | None, bool]:  # fmt: skip
+    """The mask as an fp32 bias of shape (batch * heads, q_length, k_length), 0 where attended and -inf
+    where not (None without a mask), and whether some query row attends to nothing."""
+    if mask is None and not is_causal:
+        return None, False
+    key = (mask, mask._version if mask is not None else None, is_causal, batch, heads, q_length, k_length)
+    cached = _bias_cache[0]
+    if cached is not None and cached[0] is mask and cached[1:] == key[1:]:
+        return _bias_cache[1]
+    if is_causal:
+        mask = torch.ones(q_length, k_length, dtype=torch.bool, device=mask.device if mask is not None else None).tril_()
+    if mask.dtype == torch.bool:
+        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(mask.logical_not(), float("-inf"))
+    else:
+        bias = mask.float()
+    bias = bias.expand(batch, heads, q_length, k_length).reshape(batch * heads, q_length, k_length)
+    empty_rows = bool(torch.isneginf(bias).all(dim=-1).any())  # CPU only: no device to wait for
+    _bias_cache[:] = [key, (bias, empty_rows)]
+    return bias, empty_rows
 
 
 def sdpa_fast_dropout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,

@@ -33,13 +33,15 @@ def mask_generator() -> str:
 
 
 def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device,
-              fast: bool = True) -> tuple[torch.Tensor, float]:  # fmt: skip
+              fast: bool = True, scaled: bool = False) -> tuple[torch.Tensor, float]:  # fmt: skip
     """1 where a dropout keeps an element and 0 where it drops it, in `dtype`; and 1 / the rate at which
     it keeps (0 when it keeps none). fast: from 16-bit numbers on CPU, as above; elsewhere, and with
-    fast=False, torch's bernoulli_."""
+    fast=False, torch's bernoulli_. scaled: the kept elements hold 1 / the rate instead of 1, rounded
+    to `dtype` as `mask.mul_(rate)` would round it."""
     if not (fast and torch.device(device).type == "cpu"):
         keep = torch.empty(shape, dtype=dtype, device=device).bernoulli_(1 - p)
-        return keep, 1 / (1 - p) if p < 1 else 0.0
+        inverse_rate = 1 / (1 - p) if p < 1 else 0.0
+        return keep.mul_(inverse_rate) if scaled else keep, inverse_rate
     cut = round(p * LEVELS)
     if cut >= LEVELS:  # nothing kept (and the threshold would not fit the 16-bit numbers)
         return torch.zeros(shape, dtype=dtype), 0.0
@@ -49,22 +51,27 @@ def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.dev
         keep = torch.empty(shape, dtype=dtype)
         seed = torch.empty((), dtype=torch.int64).random_(-(1 << 63), None).item()  # from torch's generator
         kernel = getattr(library, f"keep_mask_{8 * keep.element_size()}")
-        kernel(keep.data_ptr(), keep.numel(), cut, _one_bits(dtype), seed & 0xFFFF_FFFF_FFFF_FFFF)
+        kernel(keep.data_ptr(), keep.numel(), cut, _bits(inverse_rate if scaled else 1, dtype), seed & 0xFFFF_FFFF_FFFF_FFFF)
         return keep, inverse_rate
     n = shape.numel()
     words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full 64 bits, from torch's generator
     numbers = words.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
     # Compared straight into `dtype`: 6x faster than a bool mask cast afterwards.
-    return torch.ge(numbers, cut - LEVELS // 2, out=torch.empty(shape, dtype=dtype)), inverse_rate
+    keep = torch.ge(numbers, cut - LEVELS // 2, out=torch.empty(shape, dtype=dtype))
+    return keep.mul_(inverse_rate) if scaled else keep, inverse_rate
 
 
 _INT_OF_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
-def _one_bits(dtype: torch.dtype) -> int:
-    """The bit pattern of 1 in `dtype`, as an unsigned integer of its width."""
-    one = torch.ones((), dtype=dtype)
-    return one.view(_INT_OF_WIDTH[one.element_size()]).item() & ((1 << (8 * one.element_size())) - 1)
+def _bits(value: float, dtype: torch.dtype) -> int:
+    """`value`'s bit pattern in `dtype`, as an unsigned integer of its width; rounded through the type
+    torch computes `dtype` in (float32 for the 16-bit floats), as `torch.ones(..., dtype).mul_(value)`."""
+    if dtype.is_floating_point:
+        number = torch.tensor(value, dtype=torch.float64 if dtype == torch.float64 else torch.float32).to(dtype)
+    else:
+        number = torch.tensor(value).to(dtype)
+    return number.view(_INT_OF_WIDTH[number.element_size()]).item() & ((1 << (8 * number.element_size())) - 1)
 
 
 class FastDropout(nn.Dropout):
@@ -73,10 +80,11 @@ class FastDropout(nn.Dropout):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or x.device.type != "cpu":
             return super().forward(x)
-        keep, inverse_rate = keep_mask(x.shape, self.p, x.dtype, x.device)
-        # A mask in x's dtype (for bf16 the scale rounds to bf16, as in torch's own CPU dropout):
-        # one multiply forward and one backward, faster than torch.where or a bool mask.
-        return x * keep.mul_(inverse_rate)
+        keep, _ = keep_mask(x.shape, self.p, x.dtype, x.device, scaled=True)
+        # A mask in x's dtype, holding 0 or the scale (for bf16 the scale rounds to bf16, as in
+        # torch's own CPU dropout): one multiply forward and one backward, faster than torch.where
+        # or a bool mask.
+        return x * keep
 
 
 def use_fast_dropout(model: nn.Module) -> None:
