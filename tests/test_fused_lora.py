@@ -150,3 +150,19 @@ def test_the_frozen_weights_bf16_copy_is_kept_until_the_weight_may_change():
     assert layer._frozen_cast is None
     layer.train()
     assert layer(x).dtype == torch.float32 and layer._frozen_cast is None  # outside autocast: no copy
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_trainable_base_biases_get_pefts_gradients_through_the_fused_layer(autocast):
+    plain = lora_model(bias="all")  # peft trains every bias, the base layers' too
+    logits, grads = step(plain, autocast=autocast)
+    fused_logits, fused_grads = step(fused_copy(plain), autocast=autocast)
+    biases = [n for n in grads if n.endswith("base_layer.bias")]
+    assert len(biases) == 13 and grads.keys() == fused_grads.keys()
+    assert all(fused_grads[n].dtype == torch.float32 for n in grads)  # in the parameters' own dtype
+    tolerance = 0.05 if autocast else 1e-5
+    for name in grads:
+        if ".key.base_layer.bias" in name:  # the softmax cancels it: its gradient is 0 up to rounding
+            assert fused_grads[name].abs().max() < 1e-6 and grads[name].abs().max() < 1e-6
+        else:
+            assert relative_error(fused_grads[name], grads[name]) < tolerance, name
