@@ -22,6 +22,7 @@ shared against is measured here, with a large torch matmul in the precision each
     .venv/bin/python bench/throughput.py --peft lora --steps 60
     .venv/bin/python bench/throughput.py --steps 0               # one whole epoch (the GPU comparison)
     .venv/bin/python bench/throughput.py --set trainer.fast_dropout=false   # peftlab with an override
+    .venv/bin/python bench/throughput.py --repeats 2             # each side twice, alternating: mean and range
 """
 
 from __future__ import annotations
@@ -188,9 +189,13 @@ def main() -> None:
     parser.add_argument("--peft", nargs="+", default=["lora", "full"], choices=["lora", "full", "adalora"])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for peftlab's side")
     parser.add_argument("--no-random-peer", action="store_true", help="leave out the random-batch peer (it is the slowest)")
+    parser.add_argument("--repeats", type=int, default=1, help="train every side this many times, in alternating order "
+                        "(this machine's speed drifts from minute to minute); the table then shows mean samples/s and their range")  # fmt: skip
     args = parser.parse_args()
     if args.steps % 50:
         parser.error(f"--steps {args.steps}: give a multiple of 50 (the Trainer's length pools are 50 batches), or 0 for an epoch")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give 1 or more")
 
     import torch
 
@@ -208,15 +213,36 @@ def main() -> None:
         for method in args.peft:
             peers = [("group_by_length", False)] + ([("group_by_length", True)] if bf16 else [])
             peers += [] if args.no_random_peer else [("random", False)]
-            results = [in_fresh_process(run_peer, method, args.steps, gpu, sampling, half, Path(tmp)) for sampling, half in peers]
-            ours, flops = in_fresh_process(run_peftlab, method, args.steps, gpu, args.set, Path(tmp))
-            print(f"\npeft={method}" + (f"  (peftlab with {' '.join(args.set)})" if args.set else ""))
-            print(f"{'':40} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MB':>8} {'dev acc':>8} {'peftlab ×':>10}")
-            for r in [ours, *results]:
+            sides = [(run_peer, method, args.steps, gpu, sampling, half) for sampling, half in peers]
+            sides.append((run_peftlab, method, args.steps, gpu, args.set))
+            runs: list[list] = [[] for _ in sides]
+            for repeat in range(args.repeats):  # every other round in reverse: drift then favours no side
+                out = Path(tmp) / f"{method}-{repeat}"  # each round's runs in folders of their own
+                out.mkdir()
+                for i in range(len(sides)) if repeat % 2 == 0 else reversed(range(len(sides))):
+                    runs[i].append(in_fresh_process(*sides[i], out))
+            flops = runs[-1][0][1]
+            runs[-1] = [result for result, _ in runs[-1]]
+            results = [mean_result(r) for r in runs]
+            ours = results[-1]
+            ranges = ["" if len(r) == 1 else f"{min(x.samples_per_s for x in r):.0f}-{max(x.samples_per_s for x in r):.0f}" for r in runs]
+            print(f"\npeft={method}" + (f"  (peftlab with {' '.join(args.set)})" if args.set else "")
+                  + (f"  (mean of {args.repeats} runs each, alternating)" if args.repeats > 1 else ""))
+            print(f"{'':40} {'samples/s':>10} {'tokens/s':>10} {'GFLOP/s':>8} {'of peak':>8} {'peak MB':>8} {'dev acc':>8} {'peftlab ×':>10}"
+                  + (f" {'range':>10}" if args.repeats > 1 else ""))  # fmt: skip
+            for r, spread in [(ours, ranges[-1]), *zip(results[:-1], ranges[:-1])]:
                 gflops = flops * r.tokens_per_s / 1e9
                 ratio = "" if r is ours else f"{ours.samples_per_s / r.samples_per_s:9.2f}×"
                 print(f"{r.name:40} {r.samples_per_s:10.1f} {r.tokens_per_s:10.0f} {gflops:8.1f} "
-                      f"{gflops / peak[r.precision]:7.1%} {r.peak_mb:8.0f} {r.accuracy:8.4f} {ratio:>10}")  # fmt: skip
+                      f"{gflops / peak[r.precision]:7.1%} {r.peak_mb:8.0f} {r.accuracy:8.4f} {ratio:>10}"
+                      + (f" {spread:>10}" if args.repeats > 1 else ""))  # fmt: skip
+
+
+def mean_result(runs: list[Result]) -> Result:
+    """One side's repeated runs: mean speed, the largest peak, the accuracy (the same every run: seeded)."""
+    n = len(runs)
+    return Result(runs[0].name, sum(r.samples_per_s for r in runs) / n, sum(r.tokens_per_s for r in runs) / n,
+                  runs[0].accuracy, runs[0].precision, max(r.peak_mb for r in runs))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,12 +100,12 @@ def test_models_on_another_attention_are_left_alone_and_the_name_is_not_saved(tm
 def test_the_masks_bias_is_built_once_per_mask_and_again_when_it_changes():
     mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
     mask[1, :, :, 2:] = False
-    bias, empty = attention._additive_mask(mask, False, 2, 3, 4, 4)
+    bias, empty = attention._additive_mask(mask, False, 2, 3, 4, 4, torch.float32)
     assert bias.shape == (6, 4, 4) and not empty
     assert torch.equal(bias[3:], torch.tensor([0.0, 0.0, float("-inf"), float("-inf")]).expand(3, 4, 4))
-    assert attention._additive_mask(mask, False, 2, 3, 4, 4)[0] is bias  # the next layer's call: the same bias
+    assert attention._additive_mask(mask, False, 2, 3, 4, 4, torch.float32)[0] is bias  # the next layer's call: the same bias
     mask[0, :, 1, :] = False  # changed in place: a row that attends to nothing
-    again, empty = attention._additive_mask(mask, False, 2, 3, 4, 4)
+    again, empty = attention._additive_mask(mask, False, 2, 3, 4, 4, torch.float32)
     assert again is not bias and empty and torch.isneginf(again[0, 1]).all()
-    causal, empty = attention._additive_mask(None, True, 1, 1, 3, 3)
+    causal, empty = attention._additive_mask(None, True, 1, 1, 3, 3, torch.float32)
     assert torch.equal(causal[0].isneginf(), torch.ones(3, 3, dtype=torch.bool).triu(1)) and not empty

@@ -91,7 +91,7 @@ class TrainerConfig:
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
     latency_examples: int = 32  # validation examples timed one at a time, unmerged and merged, for the record; 0 = none
     checkpoint_every: Optional[int] = None  # write a resumable checkpoint of what trains every N optimizer steps; null = none
-    fast_dropout: bool = True  # CPU: dropout masks from 16-bit slices of random words (peftlab.nn.dropout), not bernoulli_
+    fast_dropout: bool = True  # CPU: dropout masks from 16-bit Philox numbers (peftlab.nn.dropout, a C kernel), not bernoulli_
     fused_lora: bool = True  # LoRA layers train with fewer tensor operations (peftlab.nn.fused_lora); off on sharded strategies
 
     def __post_init__(self) -> None:

@@ -36,7 +36,7 @@ def math_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     batch, heads, q_length, dim = query.shape
     with torch.autocast(query.device.type, enabled=False):  # the math path's own precision, not autocast's
         q, k, v = (_for_bmm(t) for t in (query, key, value))
-        bias, empty_rows = _additive_mask(mask, is_causal, batch, heads, q_length, k.shape[1])
+        bias, empty_rows = _additive_mask(mask, is_causal, batch, heads, q_length, k.shape[1], q.dtype)
         alpha = scale if scale is not None else 1 / math.sqrt(dim)
         if bias is None:
             scores = torch.bmm(q, k.transpose(1, 2)).mul_(alpha)
@@ -63,21 +63,21 @@ _bias_cache: list = [None, None]  # [(mask, version, is_causal, shape), (bias, e
 
 
 def _additive_mask(mask: torch.Tensor | None, is_causal: bool, batch: int, heads: int, q_length: int,
-                   k_length: int) -> tuple[torch.Tensor | None, bool]:  # fmt: skip
-    """The mask as an fp32 bias of shape (batch * heads, q_length, k_length), 0 where attended and -inf
+                   k_length: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, bool]:  # fmt: skip
+    """The mask as a bias in the scores' dtype of shape (batch * heads, q_length, k_length), 0 where attended and -inf
     where not (None without a mask), and whether some query row attends to nothing."""
     if mask is None and not is_causal:
         return None, False
-    key = (mask, mask._version if mask is not None else None, is_causal, batch, heads, q_length, k_length)
+    key = (mask, mask._version if mask is not None else None, is_causal, batch, heads, q_length, k_length, dtype)
     cached = _bias_cache[0]
     if cached is not None and cached[0] is mask and cached[1:] == key[1:]:
         return _bias_cache[1]
     if is_causal:
         mask = torch.ones(q_length, k_length, dtype=torch.bool, device=mask.device if mask is not None else None).tril_()
     if mask.dtype == torch.bool:
-        bias = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(mask.logical_not(), float("-inf"))
+        bias = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(mask.logical_not(), float("-inf"))
     else:
-        bias = mask.float()
+        bias = mask.to(dtype)
     bias = bias.expand(batch, heads, q_length, k_length).reshape(batch * heads, q_length, k_length)
     empty_rows = bool(torch.isneginf(bias).all(dim=-1).any())  # CPU only: no device to wait for
     _bias_cache[:] = [key, (bias, empty_rows)]
