@@ -59,13 +59,13 @@ def _for_bmm(t: torch.Tensor) -> torch.Tensor:
 
 
 # The last mask's bias: every layer of a forward pass gets the same mask tensor.
-_bias_cache: list = [None, None]  # [(mask, version, is_causal, shape), (bias, empty_rows)]
+_bias_cache: list = [None, None]  # [(mask, its version, is_causal, shapes, dtype), (bias, empty_rows)]
 
 
 def _additive_mask(mask: torch.Tensor | None, is_causal: bool, batch: int, heads: int, q_length: int,
                    k_length: int, dtype: torch.dtype) -> tuple[torch.Tensor | None, bool]:  # fmt: skip
-    """The mask as a bias in the scores' dtype of shape (batch * heads, q_length, k_length), 0 where attended and -inf
-    where not (None without a mask), and whether some query row attends to nothing."""
+    """The mask as a bias in the scores' dtype, of shape (batch * heads, q_length, k_length): 0 where
+    attended, -inf where not (None without a mask); and whether some query row attends to nothing."""
     if mask is None and not is_causal:
         return None, False
     key = (mask, mask._version if mask is not None else None, is_causal, batch, heads, q_length, k_length, dtype)
