@@ -143,3 +143,14 @@ def test_peftlab_native_0_turns_the_kernel_off(fresh_kernel, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert native.keep_mask_library() is None and dropout.mask_generator() == dropout.TORCH_WORDS
+
+
+@needs_cc
+def test_a_cache_that_cannot_be_written_falls_back_with_one_line(fresh_kernel, monkeypatch, tmp_path):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("PEFTLAB_CACHE", str(blocked))
+    with pytest.raises(native.KernelUnavailable, match="cannot write the kernel under .*a-file/native"):
+        native.build()
+    with pytest.warns(UserWarning, match="CPU dropout masks come from torch's generator"):
+        assert native.keep_mask_library() is None

@@ -69,14 +69,17 @@ def build() -> Path:
         target = cache_root() / "native" / f"keep_mask-{digest.hexdigest()[:16]}.so"
         if target.is_file():
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            partial = Path(tmp) / target.name
-            result = _run([compiler, *flags, str(SOURCE), "-o", str(partial)])
-            if result.returncode == 0:
-                os.replace(partial, target)  # atomic: another worker sees the whole file or none
-                return target
-            error = (result.stderr.strip().splitlines() or ["no message"])[0]
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                partial = Path(tmp) / target.name
+                result = _run([compiler, *flags, str(SOURCE), "-o", str(partial)])
+                if result.returncode == 0:
+                    os.replace(partial, target)  # atomic: another worker sees the whole file or none
+                    return target
+        except OSError as err:
+            raise KernelUnavailable(f"cannot write the kernel under {target.parent}: {err}") from None
+        error = (result.stderr.strip().splitlines() or ["no message"])[0]
     raise KernelUnavailable(f"{compiler} could not build {SOURCE.name}: {error}")
 
 
