@@ -12,21 +12,17 @@ killed conversion never leaves a folder that looks finished.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from peftlab.cache import cache_root
 from peftlab.config import GGUF_SUFFIX
 from peftlab.errors import ModelError, first_line
 
 
 def is_gguf(name_or_path: str | None) -> bool:
     return bool(name_or_path) and str(name_or_path).endswith(GGUF_SUFFIX)
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("PEFTLAB_CACHE") or Path.home() / ".cache" / "peftlab").expanduser()
 
 
 def cache_folder(gguf_file: Path) -> Path:

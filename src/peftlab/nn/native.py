@@ -24,7 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from peftlab.gguf_cache import cache_root
+from peftlab.cache import cache_root
 
 SOURCE = Path(__file__).with_name("csrc") / "keep_mask.c"
 FLAGS = ("-O3", "-shared", "-fPIC", "-Wno-psabi")
