@@ -74,6 +74,34 @@ def test_masks_follow_the_documented_layout_for_every_width(library, n):
 
 
 @needs_cc
+def test_a_large_mask_is_the_same_with_any_number_of_threads(library):
+    n, cut, seed = 100_003, round(0.1 * LEVELS), 0x0F1E2D3C4B5A6978  # over the kernel's parallel size, and a cut-off tail
+    threads = torch.get_num_threads()
+    masks = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            out = torch.empty(n, dtype=torch.bfloat16)
+            library.keep_mask_16(out.data_ptr(), n, cut, dropout._bits(1, torch.bfloat16), seed)
+            masks.append(out)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(masks[0], masks[1]) and torch.equal(masks[0], masks[2])
+    for start in (0, n // 3 - 300, n // 2 - 300, n - 600):  # around where two or three threads split it
+        expected = [kept for e, kept in enumerate(expected_mask(start + 600, cut, seed)) if e >= start]
+        assert masks[0][start : start + 600].bool().tolist() == expected
+
+
+@needs_cc
+def test_the_kernel_shares_torchs_openmp_runtime(library):
+    if not native._torch_runs_libgomp():
+        pytest.skip("torch does not run on GNU OpenMP here")
+    maps = open("/proc/self/maps").read().splitlines()
+    runtimes = {line.split()[-1] for line in maps if line.rsplit("/", 1)[-1].startswith(("libgomp", "libiomp", "libomp"))}
+    assert len(runtimes) == 1, runtimes  # torch's copy, not a second thread pool
+
+
+@needs_cc
 def test_keep_mask_draws_each_masks_key_from_torchs_generator(library):
     shape = torch.Size([40, 50])
     torch.manual_seed(3)
@@ -136,6 +164,25 @@ def test_a_failing_build_names_the_compilers_first_error_line(fresh_kernel, monk
     with pytest.raises(native.KernelUnavailable, match=r"could not build keep_mask.c: keep_mask.c:1: error: boom$"):
         native.build()
     assert not list(fresh_kernel.glob("*.so"))  # nothing half-built looks finished
+
+
+@needs_cc
+def test_a_compiler_without_openmp_builds_the_single_threaded_kernel(fresh_kernel, monkeypatch, tmp_path):
+    real = shutil.which(os.environ.get("CC") or "cc")
+    fake = tmp_path / "cc-no-openmp"  # fails on -fopenmp, as a compiler without an OpenMP runtime does
+    fake.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && {{ echo "unsupported option -fopenmp" >&2; exit 1; }}; done\nexec {real} "$@"\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    calls = []
+    real_run = native._run
+    monkeypatch.setattr(native, "_run", lambda command: calls.append(command) or real_run(command))
+    library = native.keep_mask_library()
+    assert library is not None and len(list(fresh_kernel.glob("*.so"))) == 1
+    compiles = [c for c in calls if "--version" not in c]
+    assert ("-fopenmp" in compiles[0]) == native._torch_runs_libgomp() and "-fopenmp" not in compiles[-1]
+    out = torch.empty(300, dtype=torch.uint8)
+    library.keep_mask_8(out.data_ptr(), 300, 6554, 1, 5)
+    assert out.bool().tolist() == expected_mask(300, 6554, 5)
 
 
 def test_peftlab_native_0_turns_the_kernel_off(fresh_kernel, monkeypatch):

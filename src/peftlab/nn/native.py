@@ -1,7 +1,10 @@
 """peftlab's C kernel (csrc/keep_mask.c), compiled on first use and loaded with ctypes.
 
 It is plain C with no Python or torch headers, so a build takes well under a second: `$CC` (default
-`cc`) with `-O3 -march=native`, retried without `-march=native` for a compiler that lacks it. The
+`cc`) with `-O3 -march=native`, retried without `-march=native` for a compiler that lacks it. Where
+torch runs on GNU OpenMP (libgomp.so.1, as Linux wheels do), it is built with `-fopenmp` too, and
+large masks are split across torch's own OpenMP threads: the loader resolves the kernel's libgomp to
+the copy torch has loaded, so there is one thread pool, sized by `torch.set_num_threads`. The
 library is cached as `$PEFTLAB_CACHE/native/keep_mask-<digest>.so` (default `~/.cache/peftlab`), the
 digest covering the source, the compiler's version, the flags and the CPU's instruction sets, so a
 home folder shared by different machines never loads a build for another CPU. It is written under a
@@ -29,6 +32,7 @@ from peftlab.cache import cache_root
 SOURCE = Path(__file__).with_name("csrc") / "keep_mask.c"
 FLAGS = ("-O3", "-shared", "-fPIC", "-Wno-psabi")
 TUNED = ("-march=native",)
+OPENMP = ("-fopenmp",)
 WIDTHS = {1: ctypes.c_uint8, 2: ctypes.c_uint16, 4: ctypes.c_uint32, 8: ctypes.c_uint64}  # element bytes -> C type
 
 # Random123's known-answer tests for philox4x32_10: (counter, key) -> the block's four words.
@@ -64,7 +68,10 @@ def build() -> Path:
         raise KernelUnavailable(f"no C compiler {compiler!r} on PATH (set CC to one)")
     source = SOURCE.read_bytes()
     version = _run([compiler, "--version"]).stdout
-    for flags in (FLAGS + TUNED, FLAGS):
+    tries = [FLAGS + TUNED, FLAGS]
+    if _torch_runs_libgomp():
+        tries.insert(0, FLAGS + OPENMP + TUNED)
+    for flags in tries:
         digest = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_identity()]))
         target = cache_root() / "native" / f"keep_mask-{digest.hexdigest()[:16]}.so"
         if target.is_file():
@@ -124,6 +131,18 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise KernelUnavailable(f"{command[0]} did not run: {err}") from None
+
+
+def _torch_runs_libgomp() -> bool:
+    """Whether the OpenMP runtime torch has loaded is GNU's libgomp.so.1, which a `-fopenmp` build
+    links against (any other runtime would be a second thread pool)."""
+    import torch  # noqa: F401  (loads torch's OpenMP runtime before the maps are read)
+
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return any(line.rsplit("/", 1)[-1] == "libgomp.so.1" for line in maps.splitlines())
 
 
 def _cpu_identity() -> bytes:

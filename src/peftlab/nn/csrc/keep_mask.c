@@ -80,13 +80,19 @@ static inline void philox_blocks(uint64_t first, uint64_t seed, u64x8 words[GROU
     }
 }
 
+/* Built with -fopenmp, a mask of at least this many elements is split across the threads of the
+ * OpenMP runtime torch itself runs on (libgomp.so.1, already loaded), in whole passes: which number an
+ * element takes does not depend on the split, so the mask is the same with any number of threads. */
+#define PARALLEL_FROM 32768
+
 /* y[e] = value where element e is kept, 0 where it is dropped, for e < n; one function per element
  * width (value: the bit pattern of 1 or of a scale in the mask's dtype). */
 #define KEEP_MASK(NAME, T, VEC)                                                                      \
     void NAME(T *y, int64_t n, uint32_t cut, T value, uint64_t seed) {                               \
-        u64x8 words[GROUPS][4];                                                                      \
-        T out[SPAN];                                                                                 \
+        _Pragma("omp parallel for schedule(static) if (n >= PARALLEL_FROM)")                         \
         for (int64_t start = 0; start < n; start += SPAN) {                                          \
+            u64x8 words[GROUPS][4];                                                                  \
+            T out[SPAN];                                                                             \
             philox_blocks((uint64_t)start / 8, seed, words);                                         \
             for (int g = 0; g < GROUPS; g++)                                                         \
                 for (int j = 0; j < 8; j++) {                                                        \
