@@ -38,7 +38,7 @@ def test_every_combination_composes_and_validates(model, peft, task):
     assert cfg.peft.method in ("full", "linear_probe", "lora", "adalora", "adapter", "bitfit", "peft", "zero_shot")
     assert cfg.task.task == task
     # sst2's budget (the default run's) scales the method's batch-32 rate to its batch; no other does
-    assert cfg.lr == (lr_at_batch(cfg.peft.lr, cfg.trainer.batch_size) if task == "sst2" else cfg.peft.lr)
+    assert cfg.lr == (lr_at_batch(cfg.peft.lr, cfg.trainer.batch_size, 0.25) if task == "sst2" else cfg.peft.lr)
 
 
 def test_expected_options_exist():
@@ -71,13 +71,13 @@ def test_each_method_has_its_own_lr_and_lr_overrides_it():
     assert validate(compose("peft=full", "lr=2e-5")).lr == 2e-5
 
 
-def test_the_default_run_trains_one_epoch_at_batch_128_with_the_square_root_rate():
+def test_the_default_run_trains_one_epoch_at_batch_128_with_the_fourth_root_rate():
     default = validate(compose())
     assert (default.task.task, default.trainer.batch_size, default.trainer.max_steps, default.trainer.max_epochs) == ("sst2", 128, -1, 1)
-    assert default.lr == 2e-3  # LoRA's 1e-3 at batch 32, x sqrt(128 / 32)
-    assert validate(compose("peft=full")).lr == pytest.approx(1e-4)
+    assert default.lr == pytest.approx(1e-3 * 2**0.5, rel=1e-12)  # LoRA's 1e-3 at batch 32, x (128 / 32) ** 0.25
+    assert validate(compose("peft=full")).lr == pytest.approx(5e-5 * 2**0.5, rel=1e-12)
     assert validate(compose("trainer.batch_size=32")).lr == 1e-3  # the method's own rate at its own batch
-    assert validate(compose("trainer.batch_size=8")).lr == 5e-4
+    assert validate(compose("trainer.batch_size=2")).lr == pytest.approx(5e-4)  # 1/16 the batch, 1/2 the rate
     assert validate(compose("lr=3e-4")).lr == 3e-4  # lr= sets the rate itself, at any batch
     assert validate(compose("budget=cpu")) == default  # budget=none picks sst2's CPU budget
     with pytest.raises(ConfigError, match="trainer.batch_size=0 is out of range"):
@@ -127,3 +127,12 @@ def test_budget_cpu_picks_each_tasks_own_budget():
     assert (plain.trainer.max_steps, plain.task.max_length) == (500, 384)  # budget=none: the trainer's own
     # The command line still wins over the budget.
     assert compose("task=squad", "budget=cpu", "trainer.max_steps=7").trainer.max_steps == 7
+
+
+def test_lr_at_batch_scales_by_a_power_of_the_batch():
+    assert lr_at_batch(1e-3, 128) == pytest.approx(2e-3)  # the square-root rule by default
+    assert lr_at_batch(1e-3, 512, 0.25) == pytest.approx(2e-3)
+    assert lr_at_batch(1e-3, 64, 1) == pytest.approx(2e-3)  # the linear rule
+    assert lr_at_batch("x", 128) == "x" and lr_at_batch(1e-3, 0) == 1e-3  # for the schema's checks to name
+    with pytest.raises(ConfigError, match="lr_at_batch's power='abc' is not a number; allowed: a number"):
+        lr_at_batch(1e-3, 128, "abc")

@@ -247,14 +247,17 @@ def preset_label(preset: str, preset_path: str, *, _parent_: DictConfig) -> str:
 METHOD_LR_BATCH = 32  # the batch each method's default lr (conf/peft/*.yaml) was chosen at
 
 
-def lr_at_batch(lr: Any, batch_size: Any) -> Any:
-    """Resolver `${lr_at_batch:LR,BATCH}`: a method's batch-32 learning rate at another batch size,
-    by the square-root rule for Adam (Malladi et al., 2022): 4x the batch, 2x the rate. Values that
-    are not positive numbers pass through, for the schema's checks to name them."""
+def lr_at_batch(lr: Any, batch_size: Any, power: Any = 0.5) -> Any:
+    """Resolver `${lr_at_batch:LR,BATCH[,POWER]}`: a method's batch-32 learning rate at another batch
+    size, scaled by (BATCH / 32) ** POWER. The default 0.5 is the square-root rule for Adam (Malladi
+    et al., 2022): 4x the batch, 2x the rate; a budget may measure a gentler one. Values that are not
+    positive numbers pass through, for the schema's checks to name them."""
+    if not isinstance(power, (int, float)) or isinstance(power, bool):
+        raise ConfigError(f"lr_at_batch's power={power!r} is not a number; allowed: a number, e.g. 0.5 (the square-root rule)")
     numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lr, batch_size))
     if not numbers or batch_size < 1:
         return lr
-    return lr * math.sqrt(batch_size / METHOD_LR_BATCH)
+    return lr * (batch_size / METHOD_LR_BATCH) ** power
 
 
 def register() -> None:
