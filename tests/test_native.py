@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -96,9 +97,11 @@ def test_a_large_mask_is_the_same_with_any_number_of_threads(library):
 def test_the_kernel_shares_torchs_openmp_runtime(library):
     if not native._torch_runs_libgomp():
         pytest.skip("torch does not run on GNU OpenMP here")
+    # The kernel needs libgomp.so.1, and the one mapped is torch's, not a second thread pool from the
+    # system's copy (other libraries, scikit-learn's among them, bring their own under other names).
     maps = open("/proc/self/maps").read().splitlines()
-    runtimes = {line.split()[-1] for line in maps if line.rsplit("/", 1)[-1].startswith(("libgomp", "libiomp", "libomp"))}
-    assert len(runtimes) == 1, runtimes  # torch's copy, not a second thread pool
+    mapped = {line.split()[-1] for line in maps if line.rsplit("/", 1)[-1] == "libgomp.so.1"}
+    assert mapped == {str(Path(torch.__file__).parent / "lib" / "libgomp.so.1")}, mapped
 
 
 @needs_cc
@@ -183,6 +186,20 @@ def test_a_compiler_without_openmp_builds_the_single_threaded_kernel(fresh_kerne
     out = torch.empty(300, dtype=torch.uint8)
     library.keep_mask_8(out.data_ptr(), 300, 6554, 1, 5)
     assert out.bool().tolist() == expected_mask(300, 6554, 5)
+
+
+@needs_cc
+def test_an_openmp_build_that_does_not_load_gives_way_to_the_plain_one(fresh_kernel, monkeypatch):
+    monkeypatch.setattr(native, "_torch_runs_libgomp", lambda: True)
+    monkeypatch.setattr(native, "_loads", lambda path: False)  # as against a libgomp lacking its symbols
+    calls = []
+    real_run = native._run
+    monkeypatch.setattr(native, "_run", lambda command: calls.append(command) or real_run(command))
+    built = native.build()
+    compiles = [c for c in calls if "--version" not in c]
+    assert "-fopenmp" in compiles[0] and "-fopenmp" not in compiles[1] and len(compiles) == 2
+    assert len(list(fresh_kernel.glob("*.so"))) == 2 and built.is_file()
+    native.check(native._load(built))  # the plain build is a working kernel
 
 
 def test_peftlab_native_0_turns_the_kernel_off(fresh_kernel, monkeypatch):

@@ -4,7 +4,8 @@ It is plain C with no Python or torch headers, so a build takes well under a sec
 `cc`) with `-O3 -march=native`, retried without `-march=native` for a compiler that lacks it. Where
 torch runs on GNU OpenMP (libgomp.so.1, as Linux wheels do), it is built with `-fopenmp` too, and
 large masks are split across torch's own OpenMP threads: the loader resolves the kernel's libgomp to
-the copy torch has loaded, so there is one thread pool, sized by `torch.set_num_threads`. The
+the copy torch has loaded, so there is one thread pool, sized by `torch.set_num_threads` (a build
+that does not load against it gives way to the one without OpenMP). The
 library is cached as `$PEFTLAB_CACHE/native/keep_mask-<digest>.so` (default `~/.cache/peftlab`), the
 digest covering the source, the compiler's version, the flags and the CPU's instruction sets, so a
 home folder shared by different machines never loads a build for another CPU. It is written under a
@@ -71,23 +72,26 @@ def build() -> Path:
     tries = [FLAGS + TUNED, FLAGS]
     if _torch_runs_libgomp():
         tries.insert(0, FLAGS + OPENMP + TUNED)
+    errors = []
     for flags in tries:
         digest = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(flags).encode(), _cpu_identity()]))
         target = cache_root() / "native" / f"keep_mask-{digest.hexdigest()[:16]}.so"
-        if target.is_file():
-            return target
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                partial = Path(tmp) / target.name
-                result = _run([compiler, *flags, str(SOURCE), "-o", str(partial)])
-                if result.returncode == 0:
+        if not target.is_file():
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                    partial = Path(tmp) / target.name
+                    result = _run([compiler, *flags, str(SOURCE), "-o", str(partial)])
+                    if result.returncode != 0:
+                        errors.append((result.stderr.strip().splitlines() or ["no message"])[0])
+                        continue
                     os.replace(partial, target)  # atomic: another worker sees the whole file or none
-                    return target
-        except OSError as err:
-            raise KernelUnavailable(f"cannot write the kernel under {target.parent}: {err}") from None
-        error = (result.stderr.strip().splitlines() or ["no message"])[0]
-    raise KernelUnavailable(f"{compiler} could not build {SOURCE.name}: {error}")
+            except OSError as err:
+                raise KernelUnavailable(f"cannot write the kernel under {target.parent}: {err}") from None
+        if OPENMP[0] in flags and not _loads(target):
+            continue  # linked against symbols torch's libgomp lacks: the build without OpenMP
+        return target
+    raise KernelUnavailable(f"{compiler} could not build {SOURCE.name}: {errors[-1] if errors else 'no message'}")
 
 
 def check(library: ctypes.CDLL) -> None:
@@ -131,6 +135,14 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
         return subprocess.run(command, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise KernelUnavailable(f"{command[0]} did not run: {err}") from None
+
+
+def _loads(path: Path) -> bool:
+    try:
+        ctypes.CDLL(str(path))
+        return True
+    except OSError:
+        return False
 
 
 def _torch_runs_libgomp() -> bool:
