@@ -13,6 +13,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 from transformers import BertConfig, BertForSequenceClassification
 
 from peftlab.nn.dropout import keep_mask, use_fast_dropout
+from peftlab.nn import fused_lora
 from peftlab.nn.fused_lora import FusedLoraLinear, use_fused_lora
 
 IDS = torch.tensor([[5, 17, 42, 9, 3, 77, 1], [8, 8, 64, 2, 31, 90, 11], [4, 6, 1, 0, 0, 0, 0]])
@@ -150,6 +151,42 @@ def test_the_frozen_weights_bf16_copy_is_kept_until_the_weight_may_change():
     assert layer._frozen_cast is None
     layer.train()
     assert layer(x).dtype == torch.float32 and layer._frozen_cast is None  # outside autocast: no copy
+
+
+def test_layers_reading_one_input_share_its_cast_and_its_gradient():
+    block = fused_copy(lora_model()).base_model.model.bert.encoder.layer[0].attention.self
+    layers = (block.query, block.key, block.value)
+    x = torch.randn(3, 7, 32, requires_grad=True)
+
+    def grad_of_x(shared: bool) -> torch.Tensor:
+        torch.manual_seed(1)  # the same three dropout masks either way
+        x.grad = None
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs = []
+            for layer in layers:
+                if not shared:
+                    fused_lora._last_cast[0] = None
+                outputs.append(layer(x))
+        sum(out.float().sum() for out in outputs).backward()
+        return x.grad.clone()
+
+    separate = grad_of_x(shared=False)
+    shared = grad_of_x(shared=True)
+    cast = fused_lora._last_cast[0][4]
+    assert cast.dtype == torch.bfloat16 and torch.equal(cast, x.detach().to(torch.bfloat16))
+    # The three gradients meet in bf16 at the one cast, not in fp32 after three: within bf16's rounding.
+    assert relative_error(shared, separate) < 1e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        block.query(x)
+        assert fused_lora._last_cast[0][4] is cast  # the same tensor again: no new cast
+        block.query(x.detach().clone())  # equal values, another tensor: cast afresh
+        assert fused_lora._last_cast[0][4] is not cast
+        cast = fused_lora._last_cast[0][4]
+        with torch.no_grad():
+            x.mul_(2)  # an in-place change bumps the version: cast again
+        block.query(x)
+        assert fused_lora._last_cast[0][4] is not cast
+        assert torch.equal(fused_lora._last_cast[0][4], x.detach().to(torch.bfloat16))
 
 
 @pytest.mark.parametrize("autocast", [False, True])

@@ -8,6 +8,8 @@ the product is scaled and added in two more passes. Here, while training:
 
 - x is cast once, and the base layer's frozen weight and bias are cast once per training phase
   (kept until the layer is next put in train or eval mode, merged, unmerged or its weight changes);
+- layers that read the same fp32 tensor in a row (a block's query, key and value) share its cast,
+  so their three gradients meet in bf16 at that one cast and go back through it in one pass;
 - the dropout multiplies by a 0/1 keep mask, and its 1 / keep-rate moves, with ``scaling``, into the
   ``alpha`` of one ``addmm`` that adds the LoRA product to the base output.
 
@@ -20,6 +22,8 @@ a LoRA bias, a base layer that is not an `nn.Linear` or carries hooks), peft's f
 """
 
 from __future__ import annotations
+
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +46,7 @@ class FusedLoraLinear(LoraLinear):
         device = x.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         if dtype is not None and x.dtype == torch.float32:
-            x = x.to(dtype)  # once, for the base layer and the LoRA path alike
+            x = _cast_once(x, dtype)  # for the base layer and the LoRA path alike
         weight, bias = self._base_weights(dtype)
         result = F.linear(x, weight, bias)
 
@@ -97,6 +101,23 @@ class FusedLoraLinear(LoraLinear):
     def unmerge(self, *args, **kwargs):
         self._frozen_cast = None
         return super().unmerge(*args, **kwargs)
+
+
+# The last input cast: (weakref to the fp32 input, its version, dtype, grad mode, the cast copy).
+_last_cast: list = [None]
+
+
+def _cast_once(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in `dtype`, cast once for all the layers that read the same tensor in a row (a block's
+    query, key and value read one hidden state): their gradients meet at the one cast and go back
+    through it in one pass."""
+    last = _last_cast[0]
+    grad = torch.is_grad_enabled()
+    if last is not None and last[0]() is x and last[1:4] == (x._version, dtype, grad):
+        return last[4]
+    cast = x.to(dtype)
+    _last_cast[0] = (weakref.ref(x), x._version, dtype, grad, cast)
+    return cast
 
 
 def use_fused_lora(model: nn.Module) -> int:
