@@ -250,7 +250,7 @@ SWEEP_HEADER = "program: train.py\ncommand:\n  - ${env}\n  - ${interpreter}\n  -
 # (arguments, what the error line says); {tmp} is the test's folder, where sweep files are written.
 SWEEP_ROWS = [
     (["sweeps/lora.yaml", "model=tiny-bert", "task.max_train_samples=2000"],
-     "sweeps/lora.yaml: trainer.val_check_interval=100 is more than the 16 training batches per epoch (2000 examples at trainer.batch_size=128"),
+     "sweeps/lora.yaml: trainer.val_check_interval=100 is more than the 32 training batches per epoch (2000 examples at trainer.batch_size=64"),
     (["sweeps/lora.yaml", "rank=4"], "parameters.rank: rank is searched by this sweep; remove rank=... from the command line"),
     (["sweeps/lora.yaml", "peft=lorra"], "peft=lorra is not an option"),
     (["sweeps/nothing.yaml"], "sweeps/nothing.yaml: no such sweep file"),

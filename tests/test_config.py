@@ -71,11 +71,11 @@ def test_each_method_has_its_own_lr_and_lr_overrides_it():
     assert validate(compose("peft=full", "lr=2e-5")).lr == 2e-5
 
 
-def test_the_default_run_trains_one_epoch_at_batch_128_with_the_fourth_root_rate():
+def test_the_default_run_trains_one_epoch_at_batch_64_with_the_fourth_root_rate():
     default = validate(compose())
-    assert (default.task.task, default.trainer.batch_size, default.trainer.max_steps, default.trainer.max_epochs) == ("sst2", 128, -1, 1)
-    assert default.lr == pytest.approx(1e-3 * 2**0.5, rel=1e-12)  # LoRA's 1e-3 at batch 32, x (128 / 32) ** 0.25
-    assert validate(compose("peft=full")).lr == pytest.approx(5e-5 * 2**0.5, rel=1e-12)
+    assert (default.task.task, default.trainer.batch_size, default.trainer.max_steps, default.trainer.max_epochs) == ("sst2", 64, -1, 1)
+    assert default.lr == pytest.approx(1e-3 * 2**0.25, rel=1e-12)  # LoRA's 1e-3 at batch 32, x (64 / 32) ** 0.25
+    assert validate(compose("peft=full")).lr == pytest.approx(5e-5 * 2**0.25, rel=1e-12)
     assert validate(compose("trainer.batch_size=32")).lr == 1e-3  # the method's own rate at its own batch
     assert validate(compose("trainer.batch_size=2")).lr == pytest.approx(5e-4)  # 1/16 the batch, 1/2 the rate
     assert validate(compose("lr=3e-4")).lr == 3e-4  # lr= sets the rate itself, at any batch
