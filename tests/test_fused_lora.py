@@ -187,6 +187,8 @@ def test_layers_reading_one_input_share_its_cast_and_its_gradient():
         block.query(x)
         assert fused_lora._last_cast[0][4] is not cast
         assert torch.equal(fused_lora._last_cast[0][4], x.detach().to(torch.bfloat16))
+    block.query.eval()  # a new phase drops the cast copy, with the graph it holds
+    assert fused_lora._last_cast[0] is None
 
 
 @pytest.mark.parametrize("autocast", [False, True])

@@ -9,7 +9,8 @@ the product is scaled and added in two more passes. Here, while training:
 - x is cast once, and the base layer's frozen weight and bias are cast once per training phase
   (kept until the layer is next put in train or eval mode, merged, unmerged or its weight changes);
 - layers that read the same fp32 tensor in a row (a block's query, key and value) share its cast,
-  so their three gradients meet in bf16 at that one cast and go back through it in one pass;
+  so their three gradients meet in bf16 at that one cast and go back through it in one pass (the
+  cast is dropped when a layer is next put in train or eval mode);
 - the dropout multiplies by a 0/1 keep mask, and its 1 / keep-rate moves, with ``scaling``, into the
   ``alpha`` of one ``addmm`` that adds the LoRA product to the base output.
 
@@ -92,6 +93,7 @@ class FusedLoraLinear(LoraLinear):
     # through `.data`) drops the cast copy.
     def train(self, mode: bool = True):
         self._frozen_cast = None
+        _last_cast[0] = None  # nor does the last input's cast (and its graph) outlive a phase
         return super().train(mode)
 
     def merge(self, *args, **kwargs):
