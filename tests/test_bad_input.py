@@ -101,6 +101,7 @@ CONFIG_ROWS = [
     # run folders named on the command line, and Hydra settings peftlab cannot run under
     ("hydra.run.dir=", "hydra.run.dir=. is the working directory; allowed: a folder of its own"),
     ("-m rank=4,8 hydra.sweep.dir=sw hydra.sweep.subdir=x", "jobs 0 and 1 would share the run folder sw/x"),
+    ("hydra.run.dir=/proc/peftlab/run", "hydra.run.dir=/proc/peftlab/run cannot be created (No such file or directory)"),
     ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported"),
     ("trainer=deepspeed", "trainer.strategy=deepspeed_stage_2 needs the deepspeed package, which is not installed: pip install deepspeed"),
     ("trainer=fsdp trainer.accelerator=cpu", "trainer.strategy=fsdp shards the model over CUDA GPUs, and Lightning runs it on nothing else"),
@@ -181,6 +182,8 @@ RUNTIME_ROWS = [
      "listtext.jsonl row 1: column 'text' holds list ['good movie']; allowed: text or a number"),
     ("csv-is-a-folder", ["task=csv", "task.train_file={files}/folder.csv", "task.validation_file={files}/folder.csv"],
      "task.train_file {files}/folder.csv is a folder; allowed: a file"),
+    ("conll-ragged", ["task=conll_files", "task.train_file={files}/ragged.conll", "task.validation_file={files}/ragged.conll"],
+     "{files}/ragged.conll line 2 has 1 columns, but the file's first token line has 2"),  # the data's fault, not the model's
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]
@@ -198,6 +201,7 @@ def files(tmp_path_factory) -> Path:
     (folder / "extra.csv").write_text("text,label\ngood,1,surplus\n")
     (folder / "blank.csv").write_text("text,label\ngood,1\n  ,0\n")
     (folder / "listtext.jsonl").write_text('{"text": ["good movie"], "label": 1}\n')
+    (folder / "ragged.conll").write_text("EU B-ORG\nrejects\n\nGerman B-MISC\n")
     (folder / "folder.csv").mkdir()
     (folder / "empty").mkdir()
     return folder
@@ -242,6 +246,19 @@ def test_a_finished_run_folder_is_never_overwritten(tmp_path):
     assert_one_line_error(result, f"{run_dir} already holds a finished run (metrics.json); choose another folder")
     assert sorted(p.name for p in run_dir.iterdir()) == [METRICS_FILE]  # Hydra wrote nothing into it
     assert (run_dir / METRICS_FILE).read_text() == '{"status": "finished"}\n'
+
+
+@pytest.mark.parametrize("sweep", [False, True], ids=["run", "multirun"])
+def test_the_default_folder_must_be_creatable(tmp_path, sweep):
+    """The default folder is new, but it goes inside runs/ (multirun/ for -m), which must be a folder."""
+    blocker = tmp_path / ("multirun" if sweep else "runs")
+    blocker.write_text("not a folder\n")
+    args = ["-m", "rank=4,8"] if sweep else []
+    result = run_cli(*args, "model=tiny-bert", cwd=tmp_path)
+    parent = "multirun" if sweep else "runs/sst2/tiny-bert/lora-r8-s42"
+    key = "hydra.sweep.dir" if sweep else "hydra.run.dir"
+    assert_one_line_error(result, f"{key}={parent}: {blocker.name} is a file; allowed: a folder (it is created if missing)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [blocker.name]
 
 
 # -- sweep.py, peftlab.evaluate and peftlab.report ------------------------------------------------

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from peftlab.config import Config, describe_omegaconf_error, validate
 from peftlab.errors import ConfigError, PeftlabError, first_line
-from peftlab.outputs import hold_run_folder
+from peftlab.outputs import hold_run_folder, make_output_folder
 
 HYDRA_MODES = (("--multirun", "-m"), ("--cfg", "-c"), ("--info", "-i"), ("--shell-completion", "-sc"))
 SKIP_PREFLIGHT = {"-h", "--help", "--hydra-help", "--info", "-i", "--shell-completion", "-sc"}
@@ -86,8 +86,6 @@ def preflight(conf_dir: Path, argv: list[str], config_name: str) -> list[str]:
         argv = plan_resume(conf_dir, argv, config_name, multirun)
         user, hydra = split_overrides(argv)
         jobs = jobs if multirun else [user]
-    if not hydra:
-        return argv
     check_hydra_overrides(conf_dir, argv, config_name, jobs, hydra, multirun)
     return argv
 
@@ -121,14 +119,20 @@ def plan_resume(conf_dir: Path, argv: list[str], config_name: str, multirun: boo
 
 
 def check_hydra_overrides(conf_dir: Path, argv: list[str], config_name: str, jobs: list[list[str]], hydra: list[str], multirun: bool) -> None:
-    compose_config(conf_dir, jobs[0] + hydra, config_name, with_hydra=True)  # Hydra's own keys
+    composed = compose_config(conf_dir, jobs[0] + hydra, config_name, with_hydra=True)  # Hydra's own keys
     if any(a in ("hydra.job.chdir=true", "hydra.job.chdir=True") for a in hydra):
         raise ConfigError("hydra.job.chdir=true is not supported: peftlab reads data relative to where you start it and "
                           "writes into the run folder itself; allowed: hydra.job.chdir=false (the default)")  # fmt: skip
-    named = "hydra.sweep.dir=" if multirun else "hydra.run.dir="
-    if {"--cfg", "-c"} & set(argv) or not any(a.startswith(named) for a in hydra):
-        return  # the default folders carry a per-run id: nothing can be there yet
+    if {"--cfg", "-c"} & set(argv):
+        return  # prints the config; writes nothing
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    if not any(a.startswith(f"{key}=") for a in hydra):
+        # The default folder carries the time and a per-run id, so nothing can be there yet; but the
+        # folder it goes in (runs/<task>/<model>/<label>/, multirun/) must be one we can create.
+        default = _hydra_path(composed, key)
+        if default is not None:
+            make_output_folder(default.parent, key)
+        return
     folders: dict[Path, int] = {}
     for number, job in enumerate(jobs):
         extra = [f"hydra.job.num={number}"] if multirun else []
@@ -157,12 +161,17 @@ def check_budget(conf_dir: Path, job: list[str], config_name: str) -> None:
 
 
 def _job_folder(cfg: DictConfig, multirun: bool) -> Path | None:
+    if not multirun:
+        return _hydra_path(cfg, "hydra.run.dir")
+    sweep, subdir = _hydra_path(cfg, "hydra.sweep.dir"), _hydra_path(cfg, "hydra.sweep.subdir")
+    return None if sweep is None or subdir is None else sweep / subdir
+
+
+def _hydra_path(cfg: DictConfig, key: str) -> Path | None:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        if multirun:
-            return Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
-        return Path(str(OmegaConf.select(cfg, "hydra.run.dir")))
+        return Path(str(OmegaConf.select(cfg, key, throw_on_missing=True)))
     except OmegaConfBaseException:  # an interpolation only Hydra's run resolves (${hydra:...}): the recipe checks
         return None
 
@@ -179,9 +188,7 @@ def check_run_folder(folder: Path, key: str) -> None:
     """A folder a run may write into: not a file, not the working directory, not taken."""
     if str(folder) in ("", ".") or folder.resolve() == Path.cwd().resolve():
         raise ConfigError(f"{key}={folder} is the working directory; allowed: a folder of its own for the run")
-    for part in (folder, *folder.parents):
-        if part.exists() and not part.is_dir():
-            raise ConfigError(f"{key}={folder}: {part} is a file; allowed: a folder (it is created if missing)")
+    make_output_folder(folder, key)  # not through a file, and creatable here
     if launched_rank() == 0:  # Lightning's DDP ranks rerun this command on rank 0's folder
         hold_run_folder(folder)  # refuses a finished or busy folder, and keeps it from here on
 

@@ -29,8 +29,9 @@ def load_config(cfg: ModelConfig, task: Task):
         config_class = getattr(transformers, kwargs.pop("config_class"), None)
         if config_class is None:
             raise ModelError(f"model.random_init.config_class={cfg.random_init['config_class']!r} is not in transformers")
+        task_kwargs = task.model_kwargs()  # outside the try: what the task's data refuses is not the config's fault
         try:  # the config class's own checks (heads vs width, field types, ...)
-            return config_class(**kwargs, **task.model_kwargs())
+            return config_class(**kwargs, **task_kwargs)
         except Exception as err:  # noqa: BLE001 -- any refusal of these settings is the user's to fix
             raise ModelError(f"model.random_init: {config_class.__name__} refuses these settings: {first_line(err)}") from None
     return _from_pretrained(transformers.AutoConfig, "model.name_or_path", weights_folder(cfg), **task.model_kwargs())
