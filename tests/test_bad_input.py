@@ -102,6 +102,7 @@ CONFIG_ROWS = [
     ("hydra.run.dir=", "hydra.run.dir=. is the working directory; allowed: a folder of its own"),
     ("-m rank=4,8 hydra.sweep.dir=sw hydra.sweep.subdir=x", "jobs 0 and 1 would share the run folder sw/x"),
     ("hydra.run.dir=/proc/peftlab/run", "hydra.run.dir=/proc/peftlab/run cannot be created (No such file or directory)"),
+    ("hydra.run.dir=/proc/sys", "hydra.run.dir=/proc/sys: no file can be created in this folder"),
     ("hydra.job.chdir=true", "hydra.job.chdir=true is not supported"),
     ("trainer=deepspeed", "trainer.strategy=deepspeed_stage_2 needs the deepspeed package, which is not installed: pip install deepspeed"),
     ("trainer=fsdp trainer.accelerator=cpu", "trainer.strategy=fsdp shards the model over CUDA GPUs, and Lightning runs it on nothing else"),
@@ -373,12 +374,14 @@ EVALUATE_ROWS = [
     (["{broken:empty-config}"], "empty-config/config.yaml is not a run config: it is empty or not a mapping"),
     (["{run}", "out={tmp}/file.txt"], "out={tmp}/file.txt: {tmp}/file.txt is a file; allowed: a folder"),
     (["{run}", "out={tmp}/file.txt/sub"], "out={tmp}/file.txt/sub: {tmp}/file.txt is a file; allowed: a folder"),
+    (["{run}", "out=/proc/sys"], "out=/proc/sys: no file can be created in this folder"),
 ]
 REPORT_ROWS = [
     ([], "no runs given: pass RUN_FOLDER... or --runs-dir with --methods and --seeds"),
     (["{run}", "--p", "2"], "--p 2.0 is out of range; it must be in (0, 1)"),
     (["{run}", "--p", "half"], "argument --p: invalid float value: 'half'"),
     (["{run}", "--out", "{tmp}/file.txt"], "--out={tmp}/file.txt: {tmp}/file.txt is a file; allowed: a folder"),
+    (["{run}", "--out", "/proc/sys"], "--out=/proc/sys: no file can be created in this folder"),
     (["{run}", "--split", "bogus"], "--split bogus is not a split; allowed: train, validation, test"),
     (["{run}", "--group-by", "colour"], "--group-by colour: not a grouping key; allowed: model, task"),
     (["--runs-dir", "{tmp}"], "--runs-dir, --methods and --seeds go together"),

@@ -125,6 +125,8 @@ def test_unmerged_export_is_a_peft_adapter_and_its_tokenizer(tmp_path):
         assert torch.equal(again, run.model.eval()(**BATCH).logits)
     with pytest.raises(ConfigError, match=r"--out=.*export exists; allowed: a new folder"):
         export_run(tmp_path / "run", merge=False)
+    with pytest.raises(ConfigError, match=r"^--out=/proc: no file can be created in this folder"):
+        export_run(tmp_path / "run", merge=False, out=Path("/proc/export"))
 
 
 def test_export_mistakes_are_one_line(tmp_path):

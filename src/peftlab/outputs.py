@@ -43,6 +43,11 @@ def make_output_folder(folder: Path, key: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"{key}={folder} cannot be created ({err.strerror})") from None
+    try:
+        with tempfile.TemporaryFile(dir=folder):  # a folder that exists may still refuse files (/proc, read-only mounts)
+            pass
+    except OSError as err:
+        raise ConfigError(f"{key}={folder}: no file can be created in this folder ({err.strerror}); allowed: a folder peftlab can write in") from None
     return folder
 
 
