@@ -51,6 +51,10 @@ def main(argv: list[str]) -> int:
         for flag, value, low in (("--trials", trials, 1), ("--workers", args.workers, 1), ("--max-failures", max_failures, 1)):
             if value < low:
                 raise ConfigError(f"{flag}={value} is out of range; it must be an integer >= {low}")
+        cores = os.cpu_count() or 1
+        if args.workers > min(trials, cores):  # a worker trains a trial at a time, on at least a core of its own
+            raise ConfigError(f"--workers={args.workers} is out of range; allowed: 1 to {min(trials, cores)} "
+                              f"(no more than --trials={trials} or this machine's {cores} cores; more machines can share a --storage)")  # fmt: skip
         settings = SweepSettings(
             spec_path=args.sweep_file.resolve(), conf_dir=CONF_DIR, base_overrides=base, study_name=study,
             storage_url=args.storage or default_storage(sweep_dir), sweep_dir=sweep_dir.resolve(), trials=trials,

@@ -273,6 +273,8 @@ SWEEP_ROWS = [
     (["sweeps/lora.yaml", "peft=lorra"], "peft=lorra is not an option"),
     (["sweeps/nothing.yaml"], "sweeps/nothing.yaml: no such sweep file"),
     (["sweeps/lora.yaml", "--trials", "0"], "--trials=0 is out of range; it must be an integer >= 1"),
+    (["sweeps/lora.yaml", "--workers", "999"], "--workers=999 is out of range; allowed: 1 to "),  # more than the cores
+    (["sweeps/lora.yaml", "--trials", "1", "--workers", "2"], "--workers=2 is out of range; allowed: 1 to 1 (no more than --trials=1"),
     (["sweeps/lora.yaml", "--trials", "many"], "argument --trials: invalid int value: 'many'"),
     (["sweeps/lora.yaml", "--bogus"], "unrecognized arguments: --bogus"),
     (["sweeps/lora.yaml", "+foo=1"], "foo: unknown config key"),
