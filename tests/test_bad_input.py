@@ -185,6 +185,10 @@ RUNTIME_ROWS = [
      "task.train_file {files}/folder.csv is a folder; allowed: a file"),
     ("conll-ragged", ["task=conll_files", "task.train_file={files}/ragged.conll", "task.validation_file={files}/ragged.conll"],
      "{files}/ragged.conll line 2 has 1 columns, but the file's first token line has 2"),  # the data's fault, not the model's
+    ("no-virtual-tokens", ["peft=prompt_tuning", "peft.options.num_virtual_tokens=0"],
+     "peft.options.num_virtual_tokens=0 is out of range; it must be an integer >= 1"),
+    ("virtual-tokens-fill-the-model", ["peft=prompt_tuning", "peft.options.num_virtual_tokens=200", "task.max_length=64"],
+     "peft.options.num_virtual_tokens=200 is out of range for this bert model; allowed: 1 to 64 beside task.max_length=64 (its 128 positions"),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]

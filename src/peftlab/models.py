@@ -108,6 +108,13 @@ def check_model_fits(model, tokenizer, task: Task, position_offset: int, virtual
     limit = positions - position_offset - virtual_tokens if isinstance(positions, int) else None  # prompt tuning's tokens take positions too
     if limit is not None and needed > limit:
         what = f"task.max_length={max_length}" if needed == max_length else f"task.max_length + task.max_new_tokens={needed}"
+        if virtual_tokens and limit < 8:  # no input fits beside the virtual tokens: they are what to change
+            free = positions - position_offset
+            most, beside = (free - needed, what) if needed < free else (free - 8, "task.max_length=8")
+            raise ConfigError(
+                f"peft.options.num_virtual_tokens={virtual_tokens} is out of range for this {model.config.model_type} model; "
+                f"allowed: 1 to {most} beside {beside} (its {free} positions hold the virtual tokens and the input)"
+            )
         room = f"its number of positions less the method's {virtual_tokens} virtual tokens" if virtual_tokens else "its number of positions"
         raise ConfigError(
             f"{what} is out of range for this {model.config.model_type} model; "

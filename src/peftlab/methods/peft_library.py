@@ -192,6 +192,9 @@ class PeftByName(PeftLibraryMethod):
         return int(self.cfg.options.get("num_virtual_tokens") or 0)
 
     def check_task(self, task):
+        tokens = self.cfg.options.get("num_virtual_tokens")
+        if self.prompt_learning() and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
+            raise ConfigError(f"peft.options.num_virtual_tokens={tokens} is out of range; it must be an integer >= 1")
         if self.prompt_learning() and getattr(task.cfg, "packing", False):
             raise ConfigError(
                 f"peft={self.cfg.name} cannot train on packed rows: peft drops the position ids that keep packed "
