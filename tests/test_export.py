@@ -4,6 +4,7 @@ in one line that says how to load their adapter."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -95,6 +96,17 @@ def test_every_mergeable_method_folds_into_the_weights(tmp_path, method):
     assert not any("lora_" in n or "ia3_" in n for n, _ in merged.named_parameters())  # a plain BERT
     with torch.no_grad():
         torch.testing.assert_close(merged(**BATCH).logits, run.model.eval()(**BATCH).logits, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.parametrize("examples", [1, 2, 5])
+def test_latency_warms_up_on_at_most_two_requests_and_times_each_one(examples):
+    """A validation split of one example (a user's own file) is still timed: warmed up once, then timed."""
+    from peftlab.latency import median_ms
+
+    calls = []
+    requests = [{"input_ids": torch.full((1, 3), n)} for n in range(examples)]
+    ms = median_ms(lambda **inputs: calls.append(int(inputs["input_ids"][0, 0])), requests, torch.device("cpu"), contextlib.nullcontext)
+    assert calls == [*range(min(examples, 2)), *range(examples)] and ms >= 0
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
