@@ -109,6 +109,24 @@ def test_latency_warms_up_on_at_most_two_requests_and_times_each_one(examples):
     assert calls == [*range(min(examples, 2)), *range(examples)] and ms >= 0
 
 
+def test_latency_that_cannot_be_measured_is_none_with_a_warning_not_a_lost_run():
+    from types import SimpleNamespace
+
+    from peftlab.latency import measure
+
+    class Refuses(torch.nn.Linear):
+        config = SimpleNamespace(is_encoder_decoder=False)
+
+        def forward(self, **inputs):
+            raise RuntimeError("no kernel for this shape")
+
+    model, task = Refuses(2, 2), SimpleNamespace(model_inputs=lambda batch: batch)
+    with pytest.warns(UserWarning, match="latency: not measured, the batch-1 forward pass failed: RuntimeError: no kernel"):
+        latency = measure(model, None, task, [{"input_ids": torch.ones(1, 3)}], lambda rows: rows[0], 4,
+                          SimpleNamespace(forward_context=contextlib.nullcontext))  # fmt: skip
+    assert latency is None and model.training  # left as it was
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     (["peft=adapter", "rank=4"], "--merge: peft=adapter-houlsby inserts bottleneck layers that no transformers architecture has, so it cannot be merged; export without --merge"),
     (["peft=prompt_tuning", "task.max_length=64"], r"--merge: peft=prompt_tuning prepends virtual tokens, which no weight of the model can hold; export without --merge and load the adapter with peft: PeftModel.from_pretrained"),

@@ -53,8 +53,9 @@ def fits_twice(model, device: torch.device) -> bool:
     return 1.5 * size < free
 
 
-def measure(model, method, task, examples: list[dict], collate, n: int, precision) -> Latency:
-    """Latency on the first `n` of `examples` (encoded); leaves `model` as it was."""
+def measure(model, method, task, examples: list[dict], collate, n: int, precision) -> Latency | None:
+    """Latency on the first `n` of `examples` (encoded), or None if the forward pass fails (the
+    run is still recorded, with a warning); leaves `model` as it was."""
     config = model.config
     requests = []
     for example in examples[:n]:
@@ -67,7 +68,11 @@ def measure(model, method, task, examples: list[dict], collate, n: int, precisio
     was_training = model.training
     model.eval()
     try:
-        unmerged = median_ms(model, requests, device, precision.forward_context)
+        try:
+            unmerged = median_ms(model, requests, device, precision.forward_context)
+        except Exception as err:  # noqa: BLE001 -- a side measurement must not lose the finished run
+            rank_zero_warn(f"latency: not measured, the batch-1 forward pass failed: {type(err).__name__}: {err}")
+            return None
         merged = None
         if not fits_twice(model, device):
             rank_zero_warn("latency: no merged timing, a copy of the model to merge would not fit in free memory")

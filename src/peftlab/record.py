@@ -106,7 +106,7 @@ class RunRecord:
     memory: Memory
     weights: Weights
     versions: dict[str, str] = field(default_factory=dict)
-    latency: Optional[Latency] = None  # None: not measured (trainer.latency_examples=0, or an older record)
+    latency: Optional[Latency] = None  # None: not measured (trainer.latency_examples=0, a sharded model, a failed forward pass, an older record)
     status: str = "finished"
     format: int = FORMAT
 
