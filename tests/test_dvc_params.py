@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import yaml
 from conftest import CONF, ROOT
 
-from peftlab.dvc_params import STAMP_TEXT, check, compose
+from peftlab.dvc_params import STAMP_TEXT, check, check_grid, compose
 from peftlab.errors import ConfigError
 
 
@@ -62,3 +63,33 @@ def test_bad_overrides_are_one_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "peftlab.dvc_params", "--force"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --force: unknown flag; give Hydra overrides (key=value) or --check STAMP_FILE"
+
+
+@pytest.mark.parametrize("preset", ["quick", "suite", "generation", "paper", "smoke"])
+def test_every_presets_grid_cells_are_train_configs_train_py_accepts(tmp_path, preset):
+    compose(ROOT, [f"preset={preset}"], tmp_path / "params.yaml")
+    check_grid(ROOT, yaml.safe_load((tmp_path / "params.yaml").read_text()))
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["grid.methods=[lora,lorra]"], "grid cell train@sst2-lorra-1: peft=lorra is not an option; allowed: adalora, adapter, bitfit"),
+    (["grid.tasks=[sst2,glue9]"], "grid cell train@glue9-full-1: task=glue9 is not an option; allowed: alpaca, cola"),
+    (["grid.seeds=[1,-1]"], "grid cell train@sst2-full--1: seed=-1 is out of range; it must be in [0, 4294967295]"),
+    (["rank=0"], "grid cell train@sst2-full-1: rank=0 is out of range; it must be an integer >= 1"),
+    (["model=gpt5"], "grid cell train@sst2-full-1: model=gpt5 is not an option; allowed: flan-t5-base"),
+    (["preset.budget=cpu", "grid.tasks=[csv]"], "grid cell train@csv-full-1: budget=cpu has no budget for task=csv"),
+    (["grid.seeds=[]"], "grid.seeds=[] is out of range; allowed: a non-empty list, e.g. grid.seeds=[1]"),
+    (["grid.tasks=sst2"], "grid.tasks='sst2' is out of range; allowed: a non-empty list, e.g. grid.tasks=[sst2]"),
+    (["grid.methods=[lora,ia3,lora]"], "grid.methods lists lora twice; allowed: each value once (a grid cell is one run)"),
+])  # fmt: skip
+def test_a_bad_grid_stops_the_params_stage_before_any_run_trains(tmp_path, monkeypatch, overrides, message):
+    """`dvc exp run -S ...` composes params.yaml itself (DVC_EXP_NAME is set); the check then reads it."""
+    (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    shutil.copytree(ROOT / "conf", tmp_path / "conf")
+    shutil.copytree(ROOT / ".dvc", tmp_path / ".dvc", ignore=shutil.ignore_patterns("cache", "tmp"))
+    compose(tmp_path, overrides, tmp_path / "params.yaml")
+    monkeypatch.setenv("DVC_EXP_NAME", "variant")
+    with pytest.raises(ConfigError) as caught:
+        check(tmp_path, tmp_path / "pipeline" / "params.ok")
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+    assert not (tmp_path / "pipeline" / "params.ok").exists()

@@ -76,8 +76,61 @@ def check(root: Path, stamp: Path) -> None:
                 f"{PARAMS_FILE} is not what conf/pipeline/ composes to ({', '.join(keys[:4])} differ): "
                 f"run `python -m peftlab.dvc_params` after editing conf/pipeline/, or `dvc exp run -S key=value` for a variant"
             )
+    check_grid(root, yaml.safe_load(params.read_text()) if params.is_file() else {})
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(STAMP_TEXT)
+
+
+def check_grid(root: Path, params: dict) -> None:
+    """Every train stage of the grid, checked as `python train.py` checks its config, before the
+    first one trains: `dvc exp run -S 'grid.methods=[lora,lorra]'` fails here, in seconds, not
+    after the lora runs. Each stage's command is dvc.yaml's own, with params.yaml's values."""
+    import shlex
+
+    import yaml
+
+    from peftlab.cli import check_budget, compose_config, split_overrides
+    from peftlab.config import validate
+
+    grid = params.get("grid") if isinstance(params.get("grid"), dict) else {}
+    for axis in GRID_AXES:
+        values = grid.get(axis)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{axis}={values!r} is out of range; allowed: a non-empty list, e.g. grid.{axis}=[{GRID_AXES[axis]}]")
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"grid.{axis} lists {', '.join(repeated)} twice; allowed: each value once (a grid cell is one run)")
+    command = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["train"]["cmd"]
+    tasks, methods, seeds = (grid[axis] for axis in GRID_AXES)
+    # Each task x method once, and each seed once: the seed changes nothing else in the config.
+    cells = [(t, m, seeds[0]) for t in tasks for m in methods] + [(tasks[0], methods[0], s) for s in seeds[1:]]
+    for task, method, seed in cells:
+        item = {"task": task, "method": method, "seed": seed}
+        args = shlex.split(_substitute(command, {**params, "item": item}))[2:]  # after `python train.py`
+        user, _ = split_overrides(args)
+        try:
+            check_budget(root / "conf", user, "config")
+            validate(compose_config(root / "conf", user))
+        except ConfigError as err:
+            raise ConfigError(f"grid cell train@{task}-{method}-{seed}: {err}") from None
+
+
+GRID_AXES = {"tasks": "sst2", "methods": "lora", "seeds": "1"}  # and an example value of each
+
+
+def _substitute(command: str, values: dict) -> str:
+    """dvc.yaml's ${a.b} interpolation, for the scalars a train command uses."""
+    import re
+
+    def value(match: re.Match) -> str:
+        found: Any = values
+        for key in match.group(1).split("."):
+            if not isinstance(found, dict) or key not in found:
+                raise ConfigError(f"dvc.yaml's train command reads ${{{match.group(1)}}}, which params.yaml does not set")
+            found = found[key]
+        return str(found).lower() if isinstance(found, bool) else str(found)
+
+    return re.sub(r"\$\{([^}]+)\}", value, command)
 
 
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
