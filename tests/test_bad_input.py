@@ -189,6 +189,10 @@ RUNTIME_ROWS = [
      "peft.options.num_virtual_tokens=0 is out of range; it must be an integer >= 1"),
     ("virtual-tokens-fill-the-model", ["peft=prompt_tuning", "peft.options.num_virtual_tokens=200", "task.max_length=64"],
      "peft.options.num_virtual_tokens=200 is out of range for this bert model; allowed: 1 to 64 beside task.max_length=64 (its 128 positions"),
+    ("csv-test-file-missing", ["task=csv", "task.train_file={files}/test_train.csv", "task.validation_file={files}/test_train.csv",
+                               "task.test_file={files}/none.csv"], "task.test_file {files}/none.csv does not exist; check the path"),
+    ("csv-test-label-unseen", ["task=csv", "task.train_file={files}/test_train.csv", "task.validation_file={files}/test_train.csv",
+                               "task.test_file={files}/test_unseen.csv"], "task csv: test example 2 has label '3', which is not in the label set ['0', '1']"),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]
@@ -207,6 +211,8 @@ def files(tmp_path_factory) -> Path:
     (folder / "blank.csv").write_text("text,label\ngood,1\n  ,0\n")
     (folder / "listtext.jsonl").write_text('{"text": ["good movie"], "label": 1}\n')
     (folder / "ragged.conll").write_text("EU B-ORG\nrejects\n\nGerman B-MISC\n")
+    (folder / "test_train.csv").write_text("text,label\ngood,1\nbad,0\n")
+    (folder / "test_unseen.csv").write_text("text,label\ngood,1\nbad,3\n")  # a label training never saw
     (folder / "folder.csv").mkdir()
     (folder / "empty").mkdir()
     return folder

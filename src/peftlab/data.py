@@ -102,6 +102,10 @@ class TaskDataModule(L.LightningDataModule):
                 self.counts[split] = len(examples)
                 encode = self.task.encode_train if split == "train" else self.task.encode
                 self.splits[split] = encode(examples, self.tokenizer)
+        if "test" in self.task.labelled_splits and "test" not in self.counts:
+            # Read, not encoded: a test file that is missing or malformed fails now, before training,
+            # not once `peftlab.evaluate RUN split=test` scores the finished run.
+            self.counts["test"] = len(self.task.examples("test"))
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
