@@ -3,6 +3,7 @@ resumed that ends exactly as an uninterrupted one (metrics and weights, bit for 
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,35 @@ def test_sigkill_then_resume_true_ends_as_the_uninterrupted_run(tmp_path, sst2_a
     run = train_tiny(reference, *LONG)
     assert_same_run(reference, cut)
     assert saved == run.record.params.trainable
+
+
+def test_sigterm_and_ctrl_c_fail_the_run_in_one_line_with_the_signals_exit_status(tmp_path, sst2_available):
+    """Lightning stops fit on SIGTERM with exit status 0 and on Ctrl-C with 1, silently: a scheduler
+    would count a cut-short run as done. Both runs (400 steps) start together, then each gets its
+    signal once it trains (SIGTERM once it has a checkpoint)."""
+    runs = {"term": (signal.SIGTERM, ["trainer.checkpoint_every=4"]), "int": (signal.SIGINT, [])}
+    started = {}
+    for name, (_, extra) in runs.items():
+        command = [sys.executable, str(ROOT / "train.py"), *TINY, "trainer.max_epochs=50", *extra, f"hydra.run.dir={tmp_path / name}"]
+        started[name] = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for name, (signum, _) in runs.items():
+        # Training has begun once the first logged losses are on disk (the CSV logger's metrics file).
+        deadline = time.time() + 240
+        while not list((tmp_path / name).glob("logs/**/metrics.csv")) and started[name].poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if name == "term":
+            while not (tmp_path / name / "checkpoint" / "last.ckpt").is_file() and time.time() < deadline:
+                time.sleep(0.05)
+        started[name].send_signal(signum)
+    for name, (signum, _) in runs.items():
+        stderr = started[name].communicate(timeout=120)[1]
+        assert started[name].returncode == 128 + signum, stderr[-2000:]
+        last = stderr.strip().splitlines()[-1]
+        assert "Traceback" not in stderr and not (tmp_path / name / "metrics.json").exists()
+        how = "SIGTERM" if name == "term" else r"Ctrl-C \(SIGINT\)"
+        folder = re.escape(str(tmp_path / name))
+        then = f"continue it with resume={folder}$" if name == "term" else r"train it again \(trainer.checkpoint_every=N"
+        assert re.match(rf"error: stopped by {how} at step \d+ of 400: the run did not finish \(no metrics.json in {folder}\); {then}", last), last
 
 
 class Interrupt(Exception):

@@ -35,7 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
 def fail(err: BaseException) -> None:
     if launched_rank() == 0:  # Lightning's DDP ranks run the same command; rank 0 says it, once
         print(f"error: {err}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(getattr(err, "exit_code", 2))
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

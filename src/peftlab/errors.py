@@ -25,6 +25,15 @@ class RunFolderError(PeftlabError):
     """The run folder holds a finished run, or another run is writing into it."""
 
 
+class RunInterrupted(PeftlabError):
+    """A signal stopped the run before it finished. The command exits with the shell's code for
+    that signal (128 + its number: 143 for SIGTERM, 130 for Ctrl-C), so a scheduler sees a failed job."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 def require(ok: bool, key: str, value: object, rule: str) -> None:
     """Raise the standard one-line range error unless `ok`."""
     if not ok:

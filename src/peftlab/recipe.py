@@ -10,6 +10,7 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from peftlab.checkpoint import TrainableCheckpoint
 from peftlab.config import Config, TrainerConfig
 from peftlab.data import TaskDataModule
 from peftlab.latency import measure as measure_latency
-from peftlab.errors import ConfigError, first_line
+from peftlab.errors import ConfigError, RunInterrupted, first_line
 from peftlab.loggers import build_loggers, finish_loggers
 from peftlab.methods import METHODS
 from peftlab.allocator import keep_freed_memory
@@ -38,7 +39,7 @@ from peftlab.module import PeftModule
 from peftlab.nn.attention import use_fast_dropout_attention
 from peftlab.nn.dropout import TORCH, mask_generator, use_fast_dropout
 from peftlab.nn.fused_lora import use_fused_lora
-from peftlab.outputs import WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
+from peftlab.outputs import METRICS_FILE, WEIGHTS_DIR, claim_run_folder, folder_bytes, start_run_folder, write_predictions
 from peftlab.sharding import build_strategy, gathered_state
 from peftlab.resume import checkpoint_file
 from peftlab.record import Memory, MethodRecord, ModelIdentity, Params, RunRecord, Scores, TrainStats, Weights
@@ -119,7 +120,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
 
         if trainer.is_global_zero:
             start_run_folder(run_dir, raw)
-        with finish_loggers(trainer) as summary:
+        with finish_loggers(trainer) as summary, stopped_by_signal(trainer, total_steps, run_dir):
             reset_peak_memory()
             start = time.perf_counter()
             if method.trains:  # zero-shot: the model is scored as loaded
@@ -175,6 +176,33 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             record.write(run_dir)  # last: its presence marks a finished run
             shutil.rmtree(checkpoint_file(run_dir).parent, ignore_errors=True)  # finished: nothing to resume
     return TrainedRun(record, module.model)
+
+
+@contextlib.contextmanager
+def stopped_by_signal(trainer: L.Trainer, total_steps: int, run_dir: Path):
+    """Lightning ends fit and validate on SIGTERM with a SystemExit that has no code (exit status 0,
+    which a shell or a scheduler reads as success) and on Ctrl-C with exit status 1, both silently.
+    Here either is one line that says the run did not finish and how to go on, and the shell's
+    status for the signal."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SystemExit as stop:
+        if isinstance(stop, SIGTERMException):
+            name, number = "SIGTERM", signal.SIGTERM
+        elif isinstance(stop.__context__, KeyboardInterrupt):
+            name, number = "Ctrl-C (SIGINT)", signal.SIGINT
+        else:
+            raise
+        if checkpoint_file(run_dir).is_file():
+            then = f"continue it with resume={run_dir}"
+        else:
+            then = "train it again (trainer.checkpoint_every=N keeps a checkpoint to resume from)"
+        raise RunInterrupted(
+            f"stopped by {name} at step {trainer.global_step} of {total_steps}: the run did not finish "
+            f"(no {METRICS_FILE} in {run_dir}); {then}", 128 + number,
+        ) from None
 
 
 def checkpoint_to_resume(cfg: Config, run_dir: Path) -> Optional[Path]:
