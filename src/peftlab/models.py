@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from peftlab import gguf_cache
 from peftlab.architectures import family_of
 from peftlab.config import ModelConfig
@@ -82,17 +84,45 @@ def _from_pretrained(auto_class, key: str, name_or_path: str, **kwargs):
     """transformers' real loading code (hub or folder), with a one-line error when it cannot."""
     from pathlib import Path
 
+    local = Path(name_or_path).expanduser().is_dir()
+    unreachable = None if local else hub_unreachable()
+    if unreachable:  # the cache only: without it, each file is retried for ~25 s, with a warning per try
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return auto_class.from_pretrained(name_or_path, **kwargs)
     except ValueError as err:  # e.g. a vision model where a text head is asked for
         raise ModelError(f"{key}={name_or_path!r} has no {auto_class.__name__} ({first_line(err)})") from None
     except OSError as err:
-        if Path(name_or_path).expanduser().is_dir():
+        if local:
             raise ModelError(f"{key}={name_or_path!r}: the folder could not be loaded ({first_line(err)})") from None
+        if unreachable:
+            raise ModelError(
+                f"{key}={name_or_path!r} could not be loaded: not a local folder, not in the Hugging Face cache, "
+                f"and the Hub cannot be reached ({unreachable}); allowed: a local folder, or a hub id already cached"
+            ) from None
         raise ModelError(
             f"{key}={name_or_path!r} could not be loaded: not a local folder, and neither the Hugging Face Hub "
             f"nor its local cache has it ({first_line(err)})"
         ) from None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face Hub cannot be reached from here (its host name does not resolve), or
+    None when it may be (or HF_HUB_OFFLINE already keeps transformers to the cache)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as err:
+        return f"{host}: {err.strerror or err}"
+    return None
 
 
 def check_model_fits(model, tokenizer, task: Task, position_offset: int, virtual_tokens: int = 0) -> None:
