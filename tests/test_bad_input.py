@@ -51,6 +51,7 @@ CONFIG_ROWS = [
     # model
     ("model=gpt5", "model=gpt5 is not an option; allowed: flan-t5-base, gpt2, hub, llama-3.2-1b, minilm, qwen2.5-0.5b, smollm2"),
     ("model.name_or_path=./no/such/model", "model.name_or_path=./no/such/model: no such model folder"),
+    ("model.tokenizer=./no/such/tokenizer", "model.tokenizer=./no/such/tokenizer: no such tokenizer folder (a hub id looks like org/name)"),
     ("+model.foo=1", "model.foo: unknown config key; allowed: name, name_or_path"),
     ("model=hub", "model.name_or_path: a value is required here"),
     # peft

@@ -65,6 +65,10 @@ class ModelConfig:
             require("config_class" in self.random_init, "model.random_init", self.random_init, "name a config_class")
         if self.tokenizer is None:
             self.tokenizer = self.name_or_path
+        tokenizer = self.tokenizer
+        if tokenizer and not tokenizer.endswith(GGUF_SUFFIX) and (tokenizer.startswith(PATH_PREFIXES) or tokenizer.count("/") > 1):
+            if not Path(tokenizer).expanduser().is_dir():
+                raise ConfigError(f"model.tokenizer={tokenizer}: no such tokenizer folder (a hub id looks like org/name)")
         require(self.tokenizer is not None, "model.tokenizer", None, "a random model needs a tokenizer folder")
 
 
