@@ -196,6 +196,13 @@ def main() -> None:
         parser.error(f"--steps {args.steps}: give a multiple of 50 (the Trainer's length pools are 50 batches), or 0 for an epoch")
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: give 1 or more")
+    from peftlab.errors import PeftlabError
+
+    for method in args.peft:  # a bad --set fails here, in one line, not in a child process after the peers trained
+        try:
+            compose(method, args.set)
+        except PeftlabError as err:
+            parser.error(f"--set {' '.join(args.set)}: {err}")
 
     import torch
 

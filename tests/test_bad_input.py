@@ -273,6 +273,17 @@ def test_the_default_folder_must_be_creatable(tmp_path, sweep):
     assert sorted(p.name for p in tmp_path.iterdir()) == [blocker.name]
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--set", "bogus=1"], "--set bogus=1: bogus: unknown config key; allowed: model, peft"),
+    (["--steps", "30"], "--steps 30: give a multiple of 50"),
+    (["--repeats", "0"], "--repeats 0: give 1 or more"),
+])  # fmt: skip
+def test_the_bench_refuses_bad_arguments_before_it_trains(args, message):
+    result = run_command([str(ROOT / "bench" / "throughput.py"), *args], timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"throughput.py: error: {message}")
+
+
 # -- sweep.py, peftlab.evaluate and peftlab.report ------------------------------------------------
 
 SWEEP_HEADER = "program: train.py\ncommand:\n  - ${env}\n  - ${interpreter}\n  - ${program}\n  - ${args_no_hyphens}\n"
