@@ -353,3 +353,29 @@ def test_zero_counts_are_rejected_not_replaced_by_defaults(tmp_path, flag):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {flag}=0 is out of range; it must be an integer >= 1"
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("error", ["diverged", "interrupted"])
+def test_a_failed_trial_is_data_but_a_signal_stops_the_sweep(tmp_path, monkeypatch, error):
+    """A trial that fails (a diverged loss) is recorded and the sweep goes on; one stopped by SIGTERM
+    or Ctrl-C (the recipe's RunInterrupted) is recorded and stops the sweep, with the signal's status."""
+    from peftlab.errors import RunInterrupted, TrainingError
+    from peftlab.sweep import trial as trial_module
+
+    raised = TrainingError("training diverged") if error == "diverged" else RunInterrupted("stopped by SIGTERM at step 3 of 8", 143)
+
+    def stopped(*args):
+        raise raised
+
+    monkeypatch.setattr(trial_module, "_train", stopped)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}")
+    trial = study.ask()
+    if error == "diverged":
+        assert trial_module.run_trial(study, trial, CONF, [], tmp_path / "trial", "val/accuracy") == TrialState.FAIL
+    else:
+        with pytest.raises(RunInterrupted) as caught:
+            trial_module.run_trial(study, trial, CONF, [], tmp_path / "trial", "val/accuracy")
+        assert caught.value.exit_code == 143
+    (frozen,) = study.get_trials()
+    assert frozen.state == TrialState.FAIL
+    assert frozen.user_attrs["error"] == ("TrainingError: training diverged" if error == "diverged" else "interrupted")

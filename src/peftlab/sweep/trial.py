@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 
 from peftlab.cli import compose_config
 from peftlab.config import validate
+from peftlab.errors import RunInterrupted
 
 ERROR_ATTR = "error"
 
@@ -34,11 +35,12 @@ def run_trial(study: optuna.Study, trial: optuna.trial.Trial, conf_dir: Path, ov
         outcome = TrialState.PRUNED
         tell(study, trial, state=TrialState.PRUNED)  # Optuna keeps the last reported value
         return outcome
-    except Exception as err:  # a failed trial is data, not the end of the sweep
-        trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {' '.join(str(err).split())}"[:500])
-        tell(study, trial, state=TrialState.FAIL)
-        return outcome
-    except BaseException:  # Ctrl-C: leave a record, then stop
+    except BaseException as err:
+        if isinstance(err, Exception) and not isinstance(err, RunInterrupted):  # a failed trial is data, not the end of the sweep
+            trial.set_user_attr(ERROR_ATTR, f"{type(err).__name__}: {' '.join(str(err).split())}"[:500])
+            tell(study, trial, state=TrialState.FAIL)
+            return outcome
+        # Ctrl-C or SIGTERM (in training, the recipe's RunInterrupted): leave a record, then stop
         trial.set_user_attr(ERROR_ATTR, "interrupted")
         tell(study, trial, state=TrialState.FAIL)
         raise
