@@ -291,4 +291,4 @@ if __name__ == "__main__":  # an extra worker started by run_sweep
         work(settings, load_spec(settings.spec_path), worker_index=int(sys.argv[2]))
     except PeftlabError as err:
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(getattr(err, "exit_code", 2))  # a signal's status (RunInterrupted), else bad input's
