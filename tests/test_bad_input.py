@@ -94,6 +94,7 @@ CONFIG_ROWS = [
     ("trainer.val_check_interval=1.5", "trainer.val_check_interval=1.5 is out of range"),
     ("trainer.warmup_ratio=1", "trainer.warmup_ratio=1.0 is out of range; it must be in [0, 1)"),
     ("+trainer.foo=1", "trainer.foo: unknown config key"),
+    ("trainer.devices=64", "trainer.devices=64 is out of range; on CPU it is the number of processes, each a whole model; allowed: 1 to "),
     ("trainer.devices=-1", "trainer.devices=-1 is out of range; -1 (all GPUs) needs trainer.accelerator=gpu"),
     ("trainer.threads=999", "trainer.threads=999 is out of range; it must be in [1, "),
     ("peft=adalora peft.beta1=5", "peft.beta1=5.0 is out of range; it must be in [0, 1)"),
@@ -194,6 +195,8 @@ RUNTIME_ROWS = [
                                "task.test_file={files}/none.csv"], "task.test_file {files}/none.csv does not exist; check the path"),
     ("csv-test-label-unseen", ["task=csv", "task.train_file={files}/test_train.csv", "task.validation_file={files}/test_train.csv",
                                "task.test_file={files}/test_unseen.csv"], "task csv: test example 2 has label '3', which is not in the label set ['0', '1']"),
+    ("ddp-more-processes-than-cores", ["trainer=ddp", "trainer.devices=64"],  # accelerator=auto: the CPU, once torch says so
+     "trainer.devices=64 is out of range; on CPU it is the number of processes, each a whole model; allowed: 1 to "),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]

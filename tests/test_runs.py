@@ -80,6 +80,7 @@ def test_cpu_ddp_two_processes_match_one_process_scoring(tmp_path, sst2_availabl
     overrides = [o for o in TINY if not o.startswith("trainer.max_steps")]
     result = run_cli(*overrides, "trainer=ddp", "trainer.max_steps=-1", "peft=lora", f"hydra.run.dir={run_dir}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "sync_dist" not in result.stderr  # Lightning's tip does not apply: the scores are gathered before they are logged
     metrics = json.loads((run_dir / METRICS_FILE).read_text())
     assert metrics["train"]["devices"] == 2
     assert metrics["train"]["samples"] == 64  # 32 per process, none repeated

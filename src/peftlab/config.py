@@ -72,6 +72,13 @@ class ModelConfig:
         require(self.tokenizer is not None, "model.tokenizer", None, "a random model needs a tokenizer folder")
 
 
+def require_cpu_processes(devices: Any) -> None:
+    """On CPU, trainer.devices is a number of processes, each holding the whole model: no more than the cores."""
+    cores = os.cpu_count() or 1
+    require(not (isinstance(devices, int) and devices > cores), "trainer.devices", devices,
+            f"on CPU it is the number of processes, each a whole model; allowed: 1 to {cores} (this machine's cores)")  # fmt: skip
+
+
 @dataclass
 class TrainerConfig:
     accelerator: str = "cpu"  # cpu | gpu | auto
@@ -136,6 +143,8 @@ class TrainerConfig:
         cores = os.cpu_count() or 1
         require(self.threads is None or 1 <= self.threads <= cores, "trainer.threads", self.threads,
                 f"it must be in [1, {cores}] (this machine's cores), or null")  # fmt: skip
+        if self.accelerator == "cpu":  # `auto` is judged once torch knows whether a GPU is there (recipe.check_devices)
+            require_cpu_processes(d)
 
 
 @dataclass

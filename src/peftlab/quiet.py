@@ -20,6 +20,8 @@ KNOWN_WARNINGS = (
     # AdaLoRA saves its rank pattern under its own `.lora_E` names, which peft's generic check on
     # reload does not recognise; the ranks are restored all the same (reloaded scores are bit-identical)
     (r"The following rank_pattern keys did not match any targeted module and were ignored: \['[^']*\.lora_E'", RuntimeWarning),
+    # the validation scores are gathered over every rank by the task's metrics before they are logged
+    (r"It is recommended to use `self\.log\('val/", UserWarning),
     # sweep.runner asks and tells outside Study.optimize and records each trial's heartbeat itself
     (r"Heartbeat of storage is supposed to be used with Study\.optimize", UserWarning),
 )

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from peftlab import __version__
 from peftlab.budget import batches_per_epoch, check_val_check_interval, planned_steps
 from peftlab.checkpoint import TrainableCheckpoint
-from peftlab.config import Config, TrainerConfig
+from peftlab.config import Config, TrainerConfig, require_cpu_processes
 from peftlab.data import TaskDataModule
 from peftlab.latency import measure as measure_latency
 from peftlab.errors import ConfigError, RunInterrupted, first_line
@@ -244,6 +244,8 @@ def check_devices(t: TrainerConfig) -> None:
             raise ConfigError(
                 f"trainer.devices={t.devices} is out of range; this machine has {torch.cuda.device_count()} CUDA GPU(s)"
             )
+    if t.accelerator == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        require_cpu_processes(t.devices)  # auto is the CPU here: the devices are processes
     if t.accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("trainer.accelerator=mps, but this machine has no Apple GPU; allowed here: trainer=cpu")
     if t.num_nodes > 1 and not MULTI_NODE_ENV.intersection(os.environ):
