@@ -197,6 +197,8 @@ RUNTIME_ROWS = [
                                "task.test_file={files}/test_unseen.csv"], "task csv: test example 2 has label '3', which is not in the label set ['0', '1']"),
     ("ddp-more-processes-than-cores", ["trainer=ddp", "trainer.devices=64"],  # accelerator=auto: the CPU, once torch says so
      "trainer.devices=64 is out of range; on CPU it is the number of processes, each a whole model; allowed: 1 to "),
+    ("ddp-validation-smaller-than-ranks", ["trainer=ddp", "task.max_eval_samples=1"],
+     "task sst2: the validation split has 1 example(s), fewer than the 2 processes that each score a share of it; allowed: at least 2"),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]

@@ -42,3 +42,14 @@ def check_val_check_interval(trainer: TrainerConfig, n_train: int, world: int) -
             + f"); allowed: an integer <= {batches} (e.g. trainer.val_check_interval={max(1, batches // 5)}), "
             "a fraction of an epoch in (0, 1], or null"
         )
+
+
+def check_validation_shares(task_name: str, n_validation: int, world: int) -> None:
+    """Each process scores its own share of the validation split (every example once); a process
+    with no share would stop Lightning's setup on that rank and hang the others on a closed socket."""
+    if n_validation < world:
+        raise ConfigError(
+            f"task {task_name}: the validation split has {n_validation} example(s), fewer than the {world} processes "
+            f"that each score a share of it; allowed: at least {world} validation examples (task.max_eval_samples), "
+            f"or trainer.devices={max(1, n_validation)}"
+        )

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from peftlab import __version__
-from peftlab.budget import batches_per_epoch, check_val_check_interval, planned_steps
+from peftlab.budget import batches_per_epoch, check_val_check_interval, check_validation_shares, planned_steps
 from peftlab.checkpoint import TrainableCheckpoint
 from peftlab.config import Config, TrainerConfig, require_cpu_processes
 from peftlab.data import TaskDataModule
@@ -91,6 +91,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             data.setup("fit")
         n_train = len(data.splits["train"])
         check_val_check_interval(cfg.trainer, n_train, trainer.world_size)
+        check_validation_shares(cfg.task.name, len(data.splits["validation"]), trainer.world_size)
         total_steps = planned_steps(cfg.trainer, n_train, trainer.world_size) if method.trains else 0
         # An epoch shorter than the logging interval would log no training loss (and Lightning warns).
         trainer.log_every_n_steps = min(LOG_EVERY_N_STEPS, batches_per_epoch(n_train, cfg.trainer.batch_size, trainer.world_size))
