@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from peftlab.errors import ConfigError, PeftlabError
+from peftlab.errors import ConfigError, PeftlabError, first_line
 
 PARAMS_FILE = "params.yaml"
 STAMP_TEXT = "params.yaml is the composition of conf/pipeline/\n"  # constant: downstream stages never rerun for it
@@ -64,19 +64,19 @@ def check(root: Path, stamp: Path) -> None:
     import yaml
 
     params = root / PARAMS_FILE
+    found = yaml.safe_load(params.read_text()) if params.is_file() else {}
     if not os.environ.get("DVC_EXP_NAME"):
         with tempfile.TemporaryDirectory() as tmp:
             fresh = Path(tmp) / PARAMS_FILE
             compose(root, [], fresh)
             expected = yaml.safe_load(fresh.read_text())
-        found = yaml.safe_load(params.read_text()) if params.is_file() else {}
         if found != expected:
             keys = differing_keys(found, expected)
             raise ConfigError(
                 f"{PARAMS_FILE} is not what conf/pipeline/ composes to ({', '.join(keys[:4])} differ): "
                 f"run `python -m peftlab.dvc_params` after editing conf/pipeline/, or `dvc exp run -S key=value` for a variant"
             )
-    check_grid(root, yaml.safe_load(params.read_text()) if params.is_file() else {})
+    check_grid(root, found)
     stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(STAMP_TEXT)
 
@@ -88,6 +88,8 @@ def check_grid(root: Path, params: dict) -> None:
     import shlex
 
     import yaml
+    from dvc.exceptions import DvcException
+    from dvc.parsing.context import Context
 
     from peftlab.cli import check_budget, compose_config, split_overrides
     from peftlab.config import validate
@@ -105,8 +107,11 @@ def check_grid(root: Path, params: dict) -> None:
     # Each task x method once, and each seed once: the seed changes nothing else in the config.
     cells = [(t, m, seeds[0]) for t in tasks for m in methods] + [(tasks[0], methods[0], s) for s in seeds[1:]]
     for task, method, seed in cells:
-        item = {"task": task, "method": method, "seed": seed}
-        args = shlex.split(_substitute(command, {**params, "item": item}))[2:]  # after `python train.py`
+        try:  # DVC's own interpolation of the stage's ${...}
+            resolved = Context({**params, "item": {"task": task, "method": method, "seed": seed}}).resolve_str(command)
+        except DvcException as err:
+            raise ConfigError(f"dvc.yaml's train command cannot be filled from {PARAMS_FILE}: {first_line(err)}") from None
+        args = shlex.split(resolved)[2:]  # after `python train.py`
         user, _ = split_overrides(args)
         try:
             check_budget(root / "conf", user, "config")
@@ -116,21 +121,6 @@ def check_grid(root: Path, params: dict) -> None:
 
 
 GRID_AXES = {"tasks": "sst2", "methods": "lora", "seeds": "1"}  # and an example value of each
-
-
-def _substitute(command: str, values: dict) -> str:
-    """dvc.yaml's ${a.b} interpolation, for the scalars a train command uses."""
-    import re
-
-    def value(match: re.Match) -> str:
-        found: Any = values
-        for key in match.group(1).split("."):
-            if not isinstance(found, dict) or key not in found:
-                raise ConfigError(f"dvc.yaml's train command reads ${{{match.group(1)}}}, which params.yaml does not set")
-            found = found[key]
-        return str(found).lower() if isinstance(found, bool) else str(found)
-
-    return re.sub(r"\$\{([^}]+)\}", value, command)
 
 
 def differing_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
