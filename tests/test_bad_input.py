@@ -199,6 +199,10 @@ RUNTIME_ROWS = [
      "trainer.devices=64 is out of range; on CPU it is the number of processes, each a whole model; allowed: 1 to "),
     ("ddp-validation-smaller-than-ranks", ["trainer=ddp", "task.max_eval_samples=1"],
      "task sst2: the validation split has 1 example(s), fewer than the 2 processes that each score a share of it; allowed: at least 2"),
+    ("t5-classification-tokenizer", ["model=tiny-t5"],  # its borrowed tokenizer appends no eos, which T5's head scores
+     "this t5 T5ForSequenceClassification scores each input at its last eos token (id 2), but its tokenizer does not end inputs with it"),
+    ("t5-classification-prompt-tuning", ["model=tiny-t5", "peft=prompt_tuning"],
+     "peft=prompt_tuning passes the input as embeddings, and this t5 T5ForSequenceClassification finds the eos token it scores"),
     ("random-model-class", ["model.random_init.config_class=NoSuchConfig"], "model.random_init.config_class='NoSuchConfig' is not in transformers"),
     ("diverges", ["peft=full", "lr=1e30", "trainer.warmup_ratio=0"], "training diverged: the loss is nan at step"),
 ]

@@ -110,11 +110,34 @@ def test_prompt_tuning_needs_room_for_its_tokens_and_refuses_packing():
     method = METHODS.get(cfg.peft.method, "peft")(cfg.peft)
     task = TASKS.get(cfg.task.task, "task")(cfg.task, seed=0)
     with pytest.raises(ConfigError, match=r"task.max_length=128 is out of range for this bert model; allowed: 8 to 108, its number of positions less the method's 20 virtual tokens"):
-        check_model_fits(model, _tokenizer(cfg), task, arch.profile.position_offset, method.virtual_tokens())
+        check_model_fits(model, _tokenizer(cfg), task, arch.profile, method.virtual_tokens())
     cfg = validate(compose("model=tiny-llama", "task=tinyshakespeare", "peft=prompt_tuning", f"data_dir={DATA}"))
     task = TASKS.get(cfg.task.task, "task")(cfg.task, seed=0)
     with pytest.raises(ConfigError, match="cannot train on packed rows: peft drops the position ids .*; allowed: task.packing=false"):
         METHODS.get(cfg.peft.method, "peft")(cfg.peft).check_task(task)
+
+
+def test_t5_classification_needs_inputs_that_end_with_one_eos():
+    # T5ForSequenceClassification scores each row at its last eos, found in input_ids; rows with
+    # different numbers of eos tokens make transformers raise mid-batch.
+    from tokenizers.processors import TemplateProcessing
+
+    from peftlab.models import check_model_fits
+
+    cfg, model, arch = tiny("tiny-t5", task="sst2")
+    task = TASKS.get(cfg.task.task, "task")(cfg.task, seed=0)
+    tok = _tokenizer(cfg)  # SmolLM2's: no eos appended, and it pads with its eos (id 2)
+    with pytest.raises(ConfigError, match=r"this t5 T5ForSequenceClassification scores each input at its last eos token \(id 2\), but its tokenizer does not end inputs with it; allowed: the model's own tokenizer"):
+        check_model_fits(model, tok, task, arch.profile)
+    tok._tokenizer.post_processor = TemplateProcessing(single="$A <|im_end|>", pair="$A <|im_end|> $B <|im_end|>", special_tokens=[("<|im_end|>", 2)])
+    with pytest.raises(ConfigError, match=r"but its tokenizer pads with that same id, so padded rows hold more of them"):
+        check_model_fits(model, tok, task, arch.profile)
+    tok.pad_token = "<|endoftext|>"  # id 0: now every row holds one eos, as T5's own tokenizer makes them
+    check_model_fits(model, tok, task, arch.profile)
+    batch = tok(["a short sentence", "a much longer sentence than the first"], padding=True, return_tensors="pt")
+    assert model(**batch).logits.shape == (2, 2)
+    with pytest.raises(ConfigError, match=r"peft=prompt_tuning passes the input as embeddings, and this t5 T5ForSequenceClassification finds the eos token it scores in the token ids"):
+        applied("tiny-t5", "peft=prompt_tuning", task="sst2")
 
 
 def _tokenizer(cfg):

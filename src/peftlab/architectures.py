@@ -42,6 +42,10 @@ class Profile:
     position_offset: int = 0  # positions the model reserves (RoBERTa counts from its padding index + 1)
     family: str = "encoder"  # encoder | decoder | encoder-decoder
     fan_in_fan_out: bool = False  # its layers store weights as (in, out): GPT-2's Conv1D (peft needs to know)
+    # Its sequence-classification head reads the hidden state at each input's last eos token, which
+    # it finds in input_ids (T5): the tokenizer must end inputs with eos and pad with another token,
+    # and prompt tuning, which passes embeddings instead of ids, cannot reach it.
+    classifies_at_eos: bool = False
 
     def targets(self, name: str) -> list[str]:
         return list(getattr(self, name))
@@ -119,6 +123,7 @@ PROFILES: dict[str, Profile] = {
         attention_output="SelfAttention.o",
         ffn_output="DenseReluDense.wo",
         family="encoder-decoder",
+        classifies_at_eos=True,
     ),
 }
 

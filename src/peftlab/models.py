@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 
 from peftlab import gguf_cache
-from peftlab.architectures import family_of
+from peftlab.architectures import Profile, family_of
 from peftlab.config import ModelConfig
 from peftlab.errors import ConfigError, ModelError, first_line
 from peftlab.tasks import Task
@@ -125,8 +125,12 @@ def hub_unreachable() -> str | None:
     return None
 
 
-def check_model_fits(model, tokenizer, task: Task, position_offset: int, virtual_tokens: int = 0) -> None:
-    """Token ids or lengths the model has no embeddings for fail deep in its forward pass."""
+def check_model_fits(model, tokenizer, task: Task, profile: Profile, virtual_tokens: int = 0) -> None:
+    """Token ids or lengths the model has no embeddings for, or inputs its head cannot read, fail deep
+    in its forward pass."""
+    if profile.classifies_at_eos and type(model).__name__.endswith("ForSequenceClassification"):
+        check_inputs_end_with_eos(model, tokenizer)
+    position_offset = profile.position_offset
     vocab = model.get_input_embeddings().num_embeddings
     if vocab < len(tokenizer):
         raise ConfigError(
@@ -150,6 +154,21 @@ def check_model_fits(model, tokenizer, task: Task, position_offset: int, virtual
             f"{what} is out of range for this {model.config.model_type} model; "
             f"allowed: 8 to {limit}, {room}"
         )
+
+
+def check_inputs_end_with_eos(model, tokenizer) -> None:
+    """T5's classification head scores each input at its last eos, found in input_ids, and
+    transformers raises mid-batch when rows hold different numbers of them."""
+    eos, pad = model.config.eos_token_id, tokenizer.pad_token_id
+    ends = tokenizer("a short sentence")["input_ids"][-1:]
+    head = f"this {model.config.model_type} {type(model).__name__} scores each input at its last eos token (id {eos})"
+    if ends != [eos]:
+        problem = "but its tokenizer does not end inputs with it"
+    elif pad == eos:
+        problem = "but its tokenizer pads with that same id, so padded rows hold more of them"
+    else:
+        return
+    raise ConfigError(f"{head}, {problem}; allowed: the model's own tokenizer (model.tokenizer), or a generation task (task=multi30k)")
 
 
 def count_parameters(model) -> dict[str, float]:

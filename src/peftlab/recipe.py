@@ -104,7 +104,7 @@ def train(cfg: Config, raw: DictConfig, run_dir: Path, callbacks: Sequence[Callb
             if model.config.pad_token_id is None:  # a decoder's score head finds the last real token by it
                 model.config.pad_token_id = tokenizer.pad_token_id
             method.check(model, arch)  # the method against the model: its layers' sizes and names, its head
-            check_model_fits(model, tokenizer, task, arch.profile.position_offset, method.virtual_tokens())  # vocabulary, positions
+            check_model_fits(model, tokenizer, task, arch.profile, method.virtual_tokens())  # vocabulary, positions, eos
             model = method.apply(model, arch, total_steps=total_steps)
             masks = TORCH  # what a CPU run's dropout masks are drawn with, for the record
             if cfg.trainer.fast_dropout:

@@ -203,10 +203,10 @@ class PeftByName(PeftLibraryMethod):
 
     def check(self, model, arch):
         if self.prompt_learning():
-            self.check_prompt_learning(model)
+            self.check_prompt_learning(model, arch)
         super().check(model, arch)
 
-    def check_prompt_learning(self, model) -> None:
+    def check_prompt_learning(self, model, arch) -> None:
         import inspect
 
         head = f"this {model.config.model_type} {type(model).__name__}"
@@ -225,6 +225,11 @@ class PeftByName(PeftLibraryMethod):
             raise ConfigError(
                 f"peft={self.cfg.name} passes its trained keys and values as past_key_values, which {head} does not take; "
                 "allowed: generation tasks on decoders and encoder-decoders (model=smollm2 task=alpaca), or peft=prompt_tuning"
+            )
+        if self.virtual_tokens() and kind == "SEQ_CLS" and arch.profile.classifies_at_eos:
+            raise ConfigError(
+                f"peft={self.cfg.name} passes the input as embeddings, and {head} finds the eos token it scores in the "
+                "token ids; allowed: a weight method on this task (lora, ia3, adapter), or a generation task (task=multi30k)"
             )
 
     def options(self, arch: Architecture) -> dict[str, Any]:
