@@ -49,3 +49,33 @@ def test_evaluation_casts_as_training_did(tmp_path, precision, sst2_available):
     train_tiny(tmp_path, "peft=lora", f"trainer.precision={precision}")
     result = evaluate_run(tmp_path, "validation")
     assert result["matches_training"] is True, (result["scores"], result["training_scores"])
+
+
+def test_pissa_reloads_from_its_converted_adapter_and_evaluate_says_why_it_may_differ(tmp_path, sst2_available):
+    """PiSSA's weights are saved as a rank-2r LoRA of the original base (portable to plain peft), so
+    the reload sums in another order than training's residual base: evaluate names that cause
+    instead of calling the scores DIFFERENT (which it keeps for differences that are bugs)."""
+    from peftlab.evaluate import comparison
+
+    train_tiny(tmp_path, "peft=pissa", "task=stsb", "trainer.max_steps=2", "rank=2")
+    result = evaluate_run(tmp_path, "validation")
+    assert result["reload_note"].startswith("init=pissa is saved as a LoRA of the original base (rank 2r")
+    assert result["matches_training"] is (result["largest_difference"] == 0)  # 1.7e-04 on Pearson here in bf16
+    assert result["largest_difference"] < 0.01
+    assert comparison({**result, "matches_training": False, "largest_difference": 1.7e-4}) == (
+        "not bit-identical to training's, largest relative difference 1.7e-04: " + result["reload_note"])
+    assert comparison({**result, "matches_training": False, "reload_note": None, "largest_difference": 0.01}) == (
+        "DIFFERENT from training's, largest relative difference 1.0e-02")
+    lora = tmp_path / "lora"
+    train_tiny(lora, "peft=lora", "task=stsb", "trainer.max_steps=2", "rank=2")
+    assert evaluate_run(lora, "validation")["reload_note"] is None
+
+
+def test_an_undefined_score_matches_an_undefined_one(tmp_path, sst2_available):
+    """Pearson over one example is undefined: null in both files, and the same score."""
+    train_tiny(tmp_path, "task=stsb", "task.max_eval_samples=1", "trainer.latency_examples=1", "trainer.max_steps=2")
+    result = evaluate_run(tmp_path, "validation")
+    assert result["matches_training"] is True and result["largest_difference"] == 0.0
+    main([str(tmp_path)])
+    written = json.loads((tmp_path / "eval_validation.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert written["scores"]["pearson"] is None and written["training_scores"]["pearson"] is None

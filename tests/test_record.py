@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,18 @@ def test_written_record_reads_back_equal(tmp_path):
         "finished lora-r8 on sst2 (minilm, seed 1): validation accuracy 0.8000 (n=872) | trainable 1,000 of "
         "23,000,000 (0.004%) | trained in 10.0 s | runs/x"
     )
+
+
+def test_an_undefined_score_is_null_in_the_file_and_undefined_in_the_line(tmp_path):
+    # Pearson over one example is NaN; Python would write NaN, which no strict JSON reader takes.
+    written = record(accuracy=float("nan"))
+    written.write(tmp_path)
+    text = (tmp_path / METRICS_FILE).read_text()
+    assert '"accuracy": null' in text and "NaN" not in text
+    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))["eval"]["accuracy"] is None
+    read = RunRecord.read(tmp_path)
+    assert math.isnan(read.main_score) and read.eval.values["loss"] == 0.4
+    assert "validation accuracy undefined (n=872)" in read.summary_line(Path("runs/x"))
 
 
 def folder_of(*overrides: str) -> str:

@@ -337,3 +337,23 @@ def test_latency_columns_unmerged_and_merged(project, tmp_path):
     assert float(rows["lora"]["merged_latency_ms"]) == 3.0 and rows["adapter"]["merged_latency_ms"] == ""
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["methods"]["adapter"]["merged_latency_ms"] is None and summary["methods"]["lora"]["latency_ms"]["mean"] == pytest.approx(4.15)
+
+
+def test_an_undefined_score_prints_n_a_is_never_best_and_tests_nothing(project, tmp_path):
+    """A seed whose score is undefined (null in eval_validation.json, as a one-example correlation
+    is) makes its method's cell n/a: not bold, no significance test, null in summary.json."""
+    folders = write_grid(tmp_path / "runs")
+    lora_seed_1 = tmp_path / "runs" / "lora-s1" / "eval_validation.json"
+    scored = json.loads(lora_seed_1.read_text())
+    scored["scores"]["accuracy"] = None
+    lora_seed_1.write_text(json.dumps(scored))
+    run([*map(str, folders), "--out", str(tmp_path / "out")])
+    md = (tmp_path / "out" / "table.md").read_text().splitlines()
+    column = [c.strip() for c in md[0].split("|")].index("Accuracy (%) ↑")
+    cells = {line.split("|")[1].strip(): line.split("|")[column].strip() for line in md[2:5]}
+    assert cells == {"full": "**91.00 ± 1.00**", "linear_probe": "**91.00 ± 2.00**", "lora": "n/a"}  # the best: defined cells
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    lora = summary["methods"]["lora"]
+    assert lora["accuracy"] == {"mean": None, "std": None} and lora["accuracy_per_seed"][0] is None
+    assert lora["p_vs_full"] is None and lora["significant"] is False
+    assert welch_t_test([math.nan, 0.8, 0.9], [0.9, 0.91, 0.92]) is None

@@ -7,21 +7,23 @@ Writes DIR/eval_<split>.json (DIR defaults to the run folder), and a generation 
 DIR/predictions_<split>.jsonl (regenerated: greedy decoding gives training's own answers again).
 Nothing of the training process is reused: the model is rebuilt by `peftlab.reload.load_run`. The batches are the length-sorted
 evaluation batches training used, at the run's own `trainer.eval_batch_size`, so on the split
-training scored the numbers are bit-identical to its metrics.json; the file records both, and
-`matches_training` says whether they are equal.
+training scored the numbers are bit-identical to its metrics.json; the file records both,
+`matches_training` says whether they are equal, and `largest_difference` by how much they are not.
+PiSSA and OLoRA save a conversion of their weights (a LoRA of the original base), so their reload
+rounds differently: `reload_note` says so, where any other difference is a bug.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import math
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import ConfigError, PeftlabError
-from peftlab.outputs import atomic_write, make_output_folder, predictions_file_name, write_predictions
-from peftlab.record import RunRecord
+from peftlab.outputs import atomic_write, json_text, make_output_folder, predictions_file_name, write_predictions
+from peftlab.record import RunRecord, same_scores, score_text
 from peftlab.tasks.base import SPLITS
 
 USAGE = "usage: python -m peftlab.evaluate RUN_FOLDER [split=validation] [out=DIR]"
@@ -67,7 +69,8 @@ def evaluate_run(run_dir: Path, split: str, predictions_dir: Optional[Path] = No
     batches = eval_batches([len(e["input_ids"]) for e in examples], cfg.trainer.eval_batch_size)
     loader = DataLoader(examples, batch_sampler=batches, collate_fn=task.collator(tokenizer))
 
-    scorer = Scorer(task, METHODS.get(cfg.peft.method, "peft.method")(cfg.peft))
+    method = METHODS.get(cfg.peft.method, "peft.method")(cfg.peft)
+    scorer = Scorer(task, method)
     precision = precision_plugin(cfg.trainer.precision)  # cast and autocast as training's validation did
     model = precision.convert_module(model)
     with torch.inference_mode(), precision.forward_context():
@@ -93,9 +96,23 @@ def evaluate_run(run_dir: Path, split: str, predictions_dir: Optional[Path] = No
         "scores": scores,
         "data": split_fingerprint(task.split_file(split)),
         "training_scores": training_scores,
-        "matches_training": None if training_scores is None else training_scores == scores,
+        "matches_training": None if training_scores is None else same_scores(training_scores, scores),
+        "largest_difference": None if training_scores is None else largest_difference(training_scores, scores),
+        "reload_note": method.reload_note(),  # why the reload may not be bit-identical (PiSSA), or None
         "predictions": predictions_file_name(split) if predictions is not None and predictions_dir is not None else None,
     }
+
+
+def largest_difference(trained: dict[str, float], scored: dict[str, float]) -> float:
+    """The largest relative difference between training's scores and these (0.0: bit-identical)."""
+    gaps = [_gap(trained[k], v) for k, v in scored.items() if k in trained and not same_scores({k: trained[k]}, {k: v})]
+    return max(gaps, default=0.0)
+
+
+def _gap(a: float, b: float) -> float:
+    if math.isnan(a) or math.isnan(b):
+        return math.inf  # undefined on one side only
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
 
 
 def split_fingerprint(path: Optional[Path]) -> dict[str, Optional[str]]:
@@ -118,11 +135,20 @@ def main(argv: Optional[list[str]] = None) -> None:
         result = evaluate_run(run_dir, options["split"], out_dir)
     except PeftlabError as err:
         fail(err)
-    atomic_write(out_dir / eval_file_name(options["split"]), json.dumps(result, indent=2) + "\n")
-    scores = ", ".join(f"{k} {v:.4f}" for k, v in result["scores"].items())
-    match = {True: "equal to training's", False: "DIFFERENT from training's", None: "not scored in training"}
-    print(f"{run_dir} on {options['split']} (n={result['n']}): {scores} ({match[result['matches_training']]})")
+    atomic_write(out_dir / eval_file_name(options["split"]), json_text(result))
+    scores = ", ".join(f"{k} {score_text(v)}" for k, v in result["scores"].items())
+    print(f"{run_dir} on {options['split']} (n={result['n']}): {scores} ({comparison(result)})")
 
+
+def comparison(result: dict[str, Any]) -> str:
+    if result["matches_training"] is None:
+        return "not scored in training"
+    if result["matches_training"]:
+        return "equal to training's"
+    gap = f"largest relative difference {result['largest_difference']:.1e}"
+    if result["reload_note"]:
+        return f"not bit-identical to training's, {gap}: {result['reload_note']}"
+    return f"DIFFERENT from training's, {gap}"
 
 if __name__ == "__main__":
     main()

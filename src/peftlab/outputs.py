@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -116,6 +118,22 @@ def atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def json_text(data: Any) -> str:
+    """Strict JSON (RFC 8259) for the files other tools read: a value that is not finite (a
+    correlation of one example is NaN) is written as null, since Python's NaN is not JSON."""
+    return json.dumps(_finite_or_null(data), indent=2, allow_nan=False) + "\n"
+
+
+def _finite_or_null(data: Any) -> Any:
+    if isinstance(data, float) and not math.isfinite(data):
+        return None
+    if isinstance(data, dict):
+        return {key: _finite_or_null(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_finite_or_null(value) for value in data]
+    return data
 
 
 def predictions_file_name(split: str) -> str:

@@ -14,12 +14,13 @@ a damaged file, is one DataError line.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from peftlab.errors import DataError
-from peftlab.outputs import METRICS_FILE, atomic_write
+from peftlab.outputs import METRICS_FILE, atomic_write, json_text
 from peftlab.tasks.base import LOSS, MetricInfo
 
 FORMAT = 2
@@ -44,7 +45,7 @@ class MethodRecord:
 class Scores:
     split: str
     n: int  # examples scored
-    values: dict[str, float]  # metric name -> value, the task's metrics and the loss
+    values: dict[str, float]  # metric name -> value, the task's metrics and the loss; NaN where undefined (null in the file)
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ class RunRecord:
         p = self.params
         return (
             f"finished {self.method.label} on {self.task} ({self.model.name}, seed {self.seed}): "
-            f"{self.eval.split} {self.main_metric} {self.main_score:.4f} (n={self.eval.n}) | trainable {p.trainable:,} of "
+            f"{self.eval.split} {self.main_metric} {score_text(self.main_score)} (n={self.eval.n}) | trainable {p.trainable:,} of "
             f"{p.total:,} ({p.trainable_percent:.3f}%) | trained in {self.train.time_s:.1f} s | {run_dir}"
         )
 
@@ -138,7 +139,7 @@ class RunRecord:
         return {key: data[key] for key in (*order, *(k for k in data if k not in order))}
 
     def write(self, run_dir: Path) -> None:
-        atomic_write(run_dir / METRICS_FILE, json.dumps(self.to_json(), indent=2) + "\n")
+        atomic_write(run_dir / METRICS_FILE, json_text(self.to_json()))
 
     @classmethod
     def read(cls, run_dir: Path) -> RunRecord:
@@ -163,7 +164,7 @@ class RunRecord:
         elif version != FORMAT:
             raise _Invalid(f"its format is {version!r}; this peftlab reads formats 1 and {FORMAT} (a newer peftlab wrote it?)")
         get = _Fields(data)
-        values = {k: v for k, v in get.mapping("eval").items() if k not in ("split", "n")}
+        values = {k: float("nan") if v is None else v for k, v in get.mapping("eval").items() if k not in ("split", "n")}
         main = get.text("main_metric")
         for name, value in values.items():
             if isinstance(value, bool) or not isinstance(value, NUMBER):
@@ -203,6 +204,16 @@ def _latency(get: _Fields) -> Optional[Latency]:
     lat = get.inner("latency")
     return Latency(lat.integer("examples"), lat.integer("batch_size"), lat.number("unmerged_ms"),
                    lat.number("merged_ms", None), lat.text("device"))  # fmt: skip
+
+
+def score_text(value: float) -> str:
+    """A score as lines print it: four decimals, or "undefined" (a correlation of one example)."""
+    return f"{value:.4f}" if math.isfinite(value) else "undefined"
+
+
+def same_scores(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Equal scores, an undefined one (NaN) equal to another undefined one."""
+    return a.keys() == b.keys() and all(a[k] == b[k] or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
 
 
 def method_label(name: str, settings: dict[str, Any]) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import MISSING
 
@@ -130,6 +130,11 @@ class Method:
         tensors = {n: t.detach().contiguous() for n, t in state.items() if n in trainable}
         folder.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"method": self.cfg.name})
+
+    def reload_note(self) -> Optional[str]:
+        """Why a reload of the saved weights is not bit-identical to the trained model, for a method
+        that saves a conversion of them; None: it is (evaluate then calls any difference a bug)."""
+        return None
 
     def load(self, model: nn.Module, folder: Path, arch: Architecture) -> nn.Module:
         """Inverse of `save` on a base model: rebuild the method's structure, then load its weights."""

@@ -136,6 +136,12 @@ class Lora(PeftLibraryMethod):
         rest = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model, state_dict=state).items() if "lora_" not in k}
         save_file({**rest, **converted}, str(path), metadata={"format": "pt"})
 
+    def reload_note(self):
+        if not MUTATING_INITS.fullmatch(self.cfg.init):
+            return None
+        return (f"init={self.cfg.init} is saved as a LoRA of the original base (rank 2r, peft's conversion), "
+                "which rounds differently from training's residual base")
+
     def build_optimizer(self, model, lr, weight_decay, no_decay, fused=False):
         if self.cfg.loraplus_lr_ratio is None:
             return super().build_optimizer(model, lr, weight_decay, no_decay, fused)

@@ -72,6 +72,18 @@ def task_type(model) -> Optional[str]:
     return next((kind for suffix, kind in TASK_TYPES.items() if name.endswith(suffix)), None)
 
 
+def unwrap_saved_modules(model) -> None:
+    """Put each trained head copy (peft's modules_to_save) in its wrapper's place, as LoRA's own
+    unload does. The unload of IA3, LoHa, LoKr and VeRA (peft 0.21) instead copies the wrapper's
+    `.weight` onto that copy, and a head with no weight of its own (DeBERTa's ContextPooler) raised."""
+    from peft.utils import ModulesToSaveWrapper
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.modules_to_save[module.active_adapters[0]])
+
+
 class PeftLibraryMethod(Method):
     """Base for methods whose structure peft builds; subclasses return the peft config."""
 
@@ -123,6 +135,7 @@ class PeftLibraryMethod(Method):
                 "export without --merge and load the adapter with peft: PeftModel.from_pretrained(base, EXPORT/adapter)"
             )
         # LoRA and its variants, AdaLoRA, VeRA, LoHa, LoKr fold W + delta into W; IA3 scales W's rows or columns.
+        unwrap_saved_modules(model)
         return model.merge_and_unload()
 
     def save(self, model, folder: Path, state=None) -> None:

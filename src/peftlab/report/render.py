@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from peftlab.outputs import json_text
 from peftlab.report.provenance import Provenance
 from peftlab.report.table import Row, Stat, Table
 from peftlab.tasks.base import MetricInfo
@@ -75,7 +76,7 @@ def best_cells(table: Table, cols: list[Column]) -> set[tuple[int, int]]:
         if col.better is None or len(table.rows) < 2:
             continue
         keys = [col.key(r) for r in table.rows]
-        known = [k for k in keys if k is not None]  # a cell without a value ("–") is never the best
+        known = [k for k in keys if k is not None and not math.isnan(k)]  # a cell without a value ("–", "n/a") is never the best
         if not known:
             continue
         best = max(known) if col.better == "max" else min(known)
@@ -236,12 +237,12 @@ def summary(table: Table, prov: Provenance) -> dict:
 
 
 def summary_json(table: Table, prov: Provenance) -> str:
-    return json.dumps(summary(table, prov), indent=2) + "\n"
+    return json_text(summary(table, prov))
 
 
 def suite_summary_json(tables: dict[str, Table], prov: Provenance) -> str:
     """The summaries of a suite's tables, by task."""
-    return json.dumps({"tasks": {task: summary(t, prov) for task, t in sorted(tables.items())}}, indent=2) + "\n"
+    return json_text({"tasks": {task: summary(t, prov) for task, t in sorted(tables.items())}})
 
 
 # -- helpers --------------------------------------------------------------------------------------
@@ -277,6 +278,8 @@ def metric_heading(info: MetricInfo) -> str:
 
 
 def mean_std(s: Stat, scale: float) -> str:
+    if not math.isfinite(s.mean):  # a seed's score is undefined (a correlation on one example)
+        return "n/a"
     return f"{scale * s.mean:.2f}" if s.n < 2 else f"{scale * s.mean:.2f} {chr(177)} {scale * s.std:.2f}"
 
 

@@ -90,7 +90,8 @@ def read_run(path: Path, split: str, eval_dir: Optional[Path] = None) -> Run:
     eval_file = (eval_dir or path) / eval_file_name(split)
     if eval_file.is_file():
         scored = _read_json(eval_file)
-        return Run(path, record, scored["scores"], scored["n"], str(eval_file), (scored.get("data") or {}).get("md5"))
+        scores = {k: float("nan") if v is None else v for k, v in scored["scores"].items()}  # null: undefined
+        return Run(path, record, scores, scored["n"], str(eval_file), (scored.get("data") or {}).get("md5"))
     if record.eval.split != split:
         raise DataError(
             f"{path} has no scores on the {split} split (no {eval_file}); "

@@ -37,7 +37,7 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> Optional[WelchResult
     """
     from scipy.stats import t as student_t
 
-    if len(a) < 2 or len(b) < 2:
+    if len(a) < 2 or len(b) < 2 or not all(map(math.isfinite, (*a, *b))):  # an undefined score tests nothing
         return None
     va, vb = std(a) ** 2 / len(a), std(b) ** 2 / len(b)
     if va + vb == 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -34,7 +35,8 @@ class Suite:
         rows = [self.row(task, method) for task in self.tasks]
         if not self.averageable or any(r is None for r in rows):
             return None
-        return sum(100 * r.scores[self.tables[t].main_metric].mean for t, r in zip(self.tasks, rows)) / len(rows)
+        average = sum(100 * r.scores[self.tables[t].main_metric].mean for t, r in zip(self.tasks, rows)) / len(rows)
+        return average if math.isfinite(average) else None  # a task's score is undefined
 
     def trainable(self, method: str) -> float:
         """Mean over the tasks it ran on (heads differ in size between tasks)."""
@@ -59,7 +61,7 @@ def _cells(suite: Suite, escape, bold, mark: str) -> tuple[list[str], list[list[
     for task in suite.tasks:
         table = suite.tables[task]
         info = table.metric_info[table.main_metric]
-        values = [round(r.scores[table.main_metric].mean, 6) for m in suite.methods if (r := suite.row(task, m))]
+        values = [v for m in suite.methods if (r := suite.row(task, m)) and not math.isnan(v := round(r.scores[table.main_metric].mean, 6))]
         best[task] = (max if info.higher_is_better else min)(values) if len(values) > 1 else None
     averages = [a for m in suite.methods if (a := suite.average(m)) is not None]
     body = []

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,10 @@ def _train(trial: optuna.trial.Trial, conf_dir: Path, overrides: list[str], run_
     key, scores = metric.split("/", 1)[1], run.record.eval.values
     if key not in scores:
         raise KeyError(f"{metric} is not among the run's metrics ({', '.join(scores)})")
-    return float(scores[key])
+    value = float(scores[key])
+    if not math.isfinite(value):  # Optuna cannot rank it; the trial fails with this reason, its run kept
+        raise ValueError(f"{metric} is undefined ({value}) for the finished run in {run_dir}, so the trial has no value")
+    return value
 
 
 def _close_wandb_run(failed: bool) -> None:
