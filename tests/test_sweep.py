@@ -379,3 +379,19 @@ def test_a_failed_trial_is_data_but_a_signal_stops_the_sweep(tmp_path, monkeypat
     (frozen,) = study.get_trials()
     assert frozen.state == TrialState.FAIL
     assert frozen.user_attrs["error"] == ("TrainingError: training diverged" if error == "diverged" else "interrupted")
+
+
+def test_a_trial_whose_metric_is_undefined_fails_with_the_reason(tmp_path, monkeypatch):
+    """Pearson over one example is NaN, which Optuna cannot rank: the trial fails saying so, its run kept."""
+    from types import SimpleNamespace
+
+    import peftlab.recipe
+    from peftlab.sweep import trial as trial_module
+
+    finished = SimpleNamespace(record=SimpleNamespace(eval=SimpleNamespace(values={"pearson": math.nan, "loss": 0.5})))
+    monkeypatch.setattr(peftlab.recipe, "train", lambda *args, **kwargs: finished)
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    assert trial_module.run_trial(study, trial, CONF, [*TINY, "task=stsb"], tmp_path / "trial", "val/pearson") == TrialState.FAIL
+    (frozen,) = study.get_trials()
+    assert frozen.user_attrs["error"] == f"ValueError: val/pearson is undefined (nan) for the finished run in {tmp_path / 'trial'}, so the trial has no value"
