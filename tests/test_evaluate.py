@@ -6,8 +6,9 @@ import hashlib
 import json
 
 import pytest
-from conftest import DATA, train_tiny
+from conftest import DATA, compose, train_tiny
 
+from peftlab.config import validate
 from peftlab.evaluate import evaluate_run, main
 
 
@@ -79,3 +80,23 @@ def test_an_undefined_score_matches_an_undefined_one(tmp_path, sst2_available):
     main([str(tmp_path)])
     written = json.loads((tmp_path / "eval_validation.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert written["scores"]["pearson"] is None and written["training_scores"]["pearson"] is None
+
+
+def test_metric_states_stay_fp32_when_lightning_casts_the_module_to_bf16(tmp_path):
+    """bf16-true casts the LightningModule with .to(dtype=...), which torchmetrics passed on to its
+    states: training's loss was summed in bf16 (10.8125 where evaluate gave 10.7946 on this run)."""
+    import torch
+
+    from peftlab.scoring import Scorer
+
+    train_tiny(tmp_path, "model=tiny-llama", "task=multi30k", "trainer.precision=bf16-true", "trainer.max_steps=2", "rank=2",
+                     "task.max_train_samples=16", "task.max_eval_samples=4", "task.generate_samples=2", "task.max_new_tokens=3",
+                     "trainer.eval_batch_size=4")  # fmt: skip
+    result = evaluate_run(tmp_path, "validation")
+    assert result["matches_training"] is True, (result["scores"], result["training_scores"])
+    from peftlab.methods import METHODS
+    from peftlab.tasks import TASKS
+
+    cfg = validate(compose("model=tiny-llama", "task=multi30k", f"data_dir={DATA}"))
+    scorer = Scorer(TASKS.get("multi30k", "task")(cfg.task, seed=0), METHODS.get("lora", "peft")(cfg.peft)).to(dtype=torch.bfloat16)
+    assert scorer.loss.mean_value.dtype == torch.float32 and scorer.loss.weight.dtype == torch.float32

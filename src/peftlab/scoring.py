@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -25,6 +26,16 @@ class Scorer(nn.Module):
         self.task, self.method = task, method
         self.metrics = task.metrics()
         self.loss = MeanMetric()
+
+    def _apply(self, fn, recurse=True):
+        """Move the metric states with the module, never recast them. Lightning's bf16-true and
+        16-true plugins cast the whole LightningModule with `.to(dtype=...)`, which torchmetrics
+        (1.9) passes on to metric states: the loss and the correlations then summed in bf16, so
+        training's numbers were rounded to 8 bits and `peftlab.evaluate`'s (fp32 states) were not."""
+        device = fn(torch.zeros(())).device
+        self.metrics.to(device)
+        self.loss.to(device)
+        return self
 
     def update(self, model, batch) -> None:
         """Score one batch: the model's forward pass on what the task feeds it, then the task's metrics."""
