@@ -67,6 +67,8 @@ CONFIG_ROWS = [
     ("peft.target_modules=query", "peft.target_modules=query is not a target set; allowed: attention, all_linear, ffn, ffn_in, ia3, or a list of module names"),
     ("logger.tags=oops", "logger.tags: a list is expected here, e.g. logger.tags=[a,b]"),
     ("peft=adalora rank=8 peft.init_r=4", "peft.init_r=4 is out of range; it must be >= the target rank 8"),
+    ("model=tiny-llama task=multi30k peft=prefix_tuning trainer.gradient_checkpointing=true",
+     "peft=prefix_tuning cannot train with trainer.gradient_checkpointing=true: peft refuses it"),
     ("peft=adapter peft.variant=bogus", "peft.variant=bogus is not an option; allowed: houlsby, pfeiffer"),
     ("peft=adapter peft.reduction_factor=0", "peft.reduction_factor=0 is out of range; it must be >= 1"),
     # task

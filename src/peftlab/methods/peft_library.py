@@ -204,6 +204,14 @@ class PeftByName(PeftLibraryMethod):
             return 0  # prefix tuning's virtual tokens are keys and values, not input positions
         return int(self.cfg.options.get("num_virtual_tokens") or 0)
 
+    def check_run(self, cfg):
+        if self.cfg.peft_config == "PrefixTuningConfig" and cfg.trainer.gradient_checkpointing:
+            raise ConfigError(
+                f"peft={self.cfg.name} cannot train with trainer.gradient_checkpointing=true: peft refuses it, since its "
+                "trained keys and values enter each layer as a cache; allowed: trainer.gradient_checkpointing=false, "
+                "or peft=prompt_tuning / lora with checkpointing"
+            )
+
     def check_task(self, task):
         tokens = self.cfg.options.get("num_virtual_tokens")
         if self.prompt_learning() and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 1):
