@@ -43,6 +43,22 @@ def test_a_sentence_without_both_markers_is_one_line_naming_file_line_and_id(tmp
         read_blocks(path)
 
 
+def test_a_max_length_that_cuts_an_entity_marker_is_refused_with_the_length_that_keeps_them(sst2_available):
+    # Through its last marker, the longest of these 16 sentences takes 46 MiniLM tokens with [CLS] and [SEP].
+    from peftlab.models import load_tokenizer
+
+    cfg = validate(compose("task=semeval2010", f"data_dir={DATA}", "task.max_length=30", "task.max_train_samples=16"))
+    task = TASKS.get("semeval2010", "task")(cfg.task, seed=0)
+    tokenizer = load_tokenizer(cfg.model)
+    train = task.examples("train")
+    with pytest.raises(DataError, match=r"^task semeval2010: at task.max_length=30, 13 of 16 sentences would be cut before their last entity marker "
+                                        r"\(the first: 'In the years since .*; allowed: task.max_length >= 46, what these sentences need"):
+        task.encode(train, tokenizer)
+    cfg.task.max_length = 46
+    assert max(len(e["input_ids"]) for e in task.encode(train, tokenizer)) <= 46
+    assert task_for().encode(task_for().examples("validation"), tokenizer)  # the default 128 keeps every marker
+
+
 def score(gold: list[str], pred: list[str]) -> float:
     metric = DirectedMacroF1(LABELS)
     metric.update(torch.tensor([LABELS.index(p) for p in pred]), torch.tensor([LABELS.index(g) for g in gold]))

@@ -75,6 +75,24 @@ class SemEval2010(TextClassificationTask):
             return rows[-self.cfg.validation_size :]
         return rows
 
+    def encode(self, examples, tokenizer):
+        encoded = super().encode(examples, tokenizer)
+        self.check_markers_fit(examples, tokenizer)
+        return encoded
+
+    def check_markers_fit(self, examples, tokenizer) -> None:
+        """A sentence cut before its last marker is classified without one of its entities, which
+        no metric would show: refuse the max_length that does it, naming the one that does not."""
+        through_markers = [text[: max(text.rindex(m) + len(m) for m in ("</e1>", "</e2>"))] for (text,) in (r["texts"] for r in examples)]
+        needed = [len(ids) for ids in tokenizer(through_markers)["input_ids"]]  # with the special tokens
+        cut = [i for i, n in enumerate(needed) if n > self.cfg.max_length]
+        if cut:
+            raise DataError(
+                f"task {self.cfg.name}: at task.max_length={self.cfg.max_length}, {len(cut)} of {len(examples)} sentences "
+                f"would be cut before their last entity marker (the first: {examples[cut[0]]['texts'][0][:60]!r}...); "
+                f"allowed: task.max_length >= {max(needed)}, what these sentences need through their markers"
+            )
+
     def metrics(self):
         from torchmetrics import MetricCollection
         from torchmetrics.classification import MulticlassAccuracy
