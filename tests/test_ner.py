@@ -7,7 +7,7 @@ import torch
 from conftest import DATA, compose, train_tiny
 
 from peftlab.config import validate
-from peftlab.errors import DataError
+from peftlab.errors import ConfigError, DataError
 from peftlab.evaluate import evaluate_run
 from peftlab.tasks import TASKS
 
@@ -40,8 +40,12 @@ def test_only_the_first_word_piece_carries_the_tag(sst2_available):
     assert pieces == ["[CLS]", "una", "##ffa", "##ble", "eu", "token", "##ization", ".", "[SEP]"]
     assert encoded["labels"] == [-100, 2, -100, -100, 3, 0, -100, 0, -100]  # B-MISC=2, B-ORG=3, O=0
 
-    [short] = task_for("conll2003", "task.max_length=8").encode([row], tokenizer)
-    assert short["labels"] == [-100, 2, -100, -100, 3, 0, -100, -100]  # truncated: "." has no label left
+    [short] = task_for("conll2003", "task.max_length=8").encode_train([row], tokenizer)
+    assert short["labels"] == [-100, 2, -100, -100, 3, 0, -100, -100]  # a training sentence may be cut: "." has no label left
+    # A sentence to score may not: the cut word's entity would drop out of the scores.
+    with pytest.raises(ConfigError, match=r"^task conll2003: at task.max_length=8, 1 of 1 sentences to score would lose 1 tagged words to "
+                                          r"truncation, and their entities would drop out of the scores; allowed: task.max_length >= 9, "):
+        task_for("conll2003", "task.max_length=8").encode([row], tokenizer)
 
 
 def scores(updates) -> dict[str, float]:
@@ -128,7 +132,8 @@ def test_conll_files_user_labels_set_the_order_and_refuse_other_tags(tmp_path):
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_tiny_runs_train_and_reload_bit_identically(tmp_path, method, sst2_available):
-    run = train_tiny(tmp_path, "task=conll2003", f"peft={method}", "task.max_train_samples=32", "task.max_eval_samples=16")
+    run = train_tiny(tmp_path, "task=conll2003", f"peft={method}", "task.max_train_samples=32", "task.max_eval_samples=16",
+                     "task.max_length=128")  # the tiny BERT's positions
     assert run.model.config.num_labels == 9 and run.model.config.id2label[4] == "B-PER"
     assert run.metrics["main_metric"] == "f1"
     assert set(run.metrics["eval"]) == {"split", "n", "loss", "f1", "precision", "recall", "accuracy"}

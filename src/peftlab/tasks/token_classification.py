@@ -2,8 +2,9 @@
 
 Words are split into word pieces; only the first piece of each word carries its tag, the others
 and the special tokens get -100, which the loss and the metrics skip. Scores are seqeval's
-entity-level precision, recall and F1 (the conlleval rules) and token accuracy, over the words
-that fit in task.max_length.
+entity-level precision, recall and F1 (the conlleval rules) and token accuracy, over every word of
+a split: a task.max_length that would cut a sentence to be scored is refused (training sentences
+may be cut).
 """
 
 from __future__ import annotations
@@ -58,7 +59,24 @@ class TokenClassificationTask(Task):
         self.check_labels(self.labels, found, kind="tag")
         return rows
 
+    def encode_train(self, examples, tokenizer):
+        return self._encode(examples, tokenizer)[1]  # a training sentence cut short only loses some signal
+
     def encode(self, examples, tokenizer):
+        """A split to score: every word must fit, or its entities would drop out of the scores."""
+        encoded, encodings = self._encode(examples, tokenizer)
+        cut = [i for i, row in enumerate(examples) if max((w for w in encoded.word_ids(i) if w is not None), default=-1) < len(row["tokens"]) - 1]
+        if cut:
+            lost = sum(len(examples[i]["tokens"]) - 1 - max(w for w in encoded.word_ids(i) if w is not None) for i in cut)
+            needed = max(len(ids) for ids in tokenizer([examples[i]["tokens"] for i in cut], is_split_into_words=True)["input_ids"])
+            raise ConfigError(
+                f"task {self.cfg.name}: at task.max_length={self.cfg.max_length}, {len(cut)} of {len(examples)} sentences to score "
+                f"would lose {lost} tagged words to truncation, and their entities would drop out of the scores; "
+                f"allowed: task.max_length >= {needed}, the longest of them in word pieces"
+            )
+        return encodings
+
+    def _encode(self, examples, tokenizer):
         if not tokenizer.is_fast:  # word_ids() comes from the Rust tokenizers only
             raise ConfigError(f"task {self.cfg.name} needs a fast tokenizer (word_ids); {type(tokenizer).__name__} is not one")
         index = {label: i for i, label in enumerate(self.labels)}
@@ -68,7 +86,7 @@ class TokenClassificationTask(Task):
         for i, row in enumerate(examples):
             labels = first_piece_labels(encoded.word_ids(i), [index[tag] for tag in row["tags"]])
             encodings.append({**{k: encoded[k][i] for k in encoded.keys()}, "labels": labels})
-        return encodings
+        return encoded, encodings
 
     def collator(self, tokenizer):
         from transformers import DataCollatorForTokenClassification
