@@ -197,6 +197,9 @@ RUNTIME_ROWS = [
                                "task.test_file={files}/none.csv"], "task.test_file {files}/none.csv does not exist; check the path"),
     ("csv-test-label-unseen", ["task=csv", "task.train_file={files}/test_train.csv", "task.validation_file={files}/test_train.csv",
                                "task.test_file={files}/test_unseen.csv"], "task csv: test example 2 has label '3', which is not in the label set ['0', '1']"),
+    ("conll-test-sentence-cut", ["task=conll_files", "task.train_file={files}/short.conll", "task.validation_file={files}/short.conll",
+                                 "task.test_file={files}/long.conll", "task.max_length=16"],  # a test split scored later, checked now
+     "task conll_files: at task.max_length=16, 1 of 1 sentences to score would lose 23 tagged words to truncation, and their entities would drop out of the scores; allowed: task.max_length >= 62"),
     ("ddp-more-processes-than-cores", ["trainer=ddp", "trainer.devices=64"],  # accelerator=auto: the CPU, once torch says so
      "trainer.devices=64 is out of range; on CPU it is the number of processes, each a whole model; allowed: 1 to "),
     ("ddp-validation-smaller-than-ranks", ["trainer=ddp", "task.max_eval_samples=1"],
@@ -225,6 +228,8 @@ def files(tmp_path_factory) -> Path:
     (folder / "ragged.conll").write_text("EU B-ORG\nrejects\n\nGerman B-MISC\n")
     (folder / "test_train.csv").write_text("text,label\ngood,1\nbad,0\n")
     (folder / "test_unseen.csv").write_text("text,label\ngood,1\nbad,3\n")  # a label training never saw
+    (folder / "short.conll").write_text("EU B-ORG\nrejects O\n\nGerman B-MISC\ncall O\n")
+    (folder / "long.conll").write_text("".join(f"w{i} O\n" for i in range(30)))  # 30 words: more pieces than 16
     (folder / "folder.csv").mkdir()
     (folder / "empty").mkdir()
     return folder

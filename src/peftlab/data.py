@@ -103,9 +103,12 @@ class TaskDataModule(L.LightningDataModule):
                 encode = self.task.encode_train if split == "train" else self.task.encode
                 self.splits[split] = encode(examples, self.tokenizer)
         if "test" in self.task.labelled_splits and "test" not in self.counts:
-            # Read, not encoded: a test file that is missing or malformed fails now, before training,
-            # not once `peftlab.evaluate RUN split=test` scores the finished run.
-            self.counts["test"] = len(self.task.examples("test"))
+            # Read and encoded, then let go: a test file that is missing or malformed, or that the
+            # task could not score whole (a cut NER sentence), fails now, before training, not once
+            # `peftlab.evaluate RUN split=test` scores the finished run.
+            examples = self.task.examples("test")
+            self.task.encode(examples, self.tokenizer)
+            self.counts["test"] = len(examples)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
